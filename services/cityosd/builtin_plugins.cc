@@ -1,0 +1,15 @@
+#include "builtin_plugins.h"
+
+#include "bus_plugin.h"
+#include "cityos/status.h"
+
+namespace cityos {
+
+absl::Status RegisterBuiltinPlugins(PluginRegistry& registry) {
+  // Each plug-in's RegisterXxxPlugin() is called here, one line each, as the
+  // plug-ins land (bus, registry, exchange, infobank, carbon, trading).
+  CITYOS_RETURN_IF_ERROR(RegisterBusPlugin(registry));
+  return absl::OkStatus();
+}
+
+}  // namespace cityos
