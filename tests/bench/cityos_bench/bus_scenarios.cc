@@ -1,0 +1,501 @@
+// In-process bus scenarios: live fan-out, durable append per durability mode,
+// replay from disk, and memory with a stalled subscriber. The NATS peers run
+// in the same scenario, right after ours, against the run's nats-server.
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "bus_common.h"
+#include "cityos/bus.h"
+#include "measure.h"
+#include "nats_peer.h"
+#include "nats_server.h"
+#include "scenario.h"
+
+namespace cityos::bench {
+namespace {
+
+using event::v1::Event;
+
+constexpr size_t kReadMax = 4096;  // deliveries per Subscription::Next
+
+// ---------------------------------------------------------------- live fan-out
+
+struct FanOutFigures {
+  uint64_t published = 0;
+  uint64_t delivered = 0;  // summed over subscribers
+  uint64_t missed = 0;     // summed over subscribers
+  int64_t publish_nanos = 0;
+  int64_t nanos = 0;  // first publish to the last delivery
+};
+
+// One publisher (this thread, Bus::Publish of batches on an uncaptured
+// subject) and `subscribers` live subscribers, each on its own thread.
+absl::StatusOr<FanOutFigures> BusFanOut(BenchContext& ctx, int subscribers) {
+  const std::string subject = "bench.inproc.reading.zone1";
+  absl::StatusOr<Event> event = ctx.SampleEvent(subject);
+  if (!event.ok()) return event.status();
+  absl::StatusOr<std::unique_ptr<ScopedBus>> scoped =
+      ScopedBus::Open(ctx, "inproc");
+  if (!scoped.ok()) return scoped.status();
+  Bus& bus = *(*scoped)->bus();
+
+  std::vector<std::unique_ptr<Subscription>> subs;
+  for (int i = 0; i < subscribers; ++i) {
+    absl::StatusOr<std::unique_ptr<Subscription>> sub =
+        bus.Subscribe(BenchPrincipal(), {.subject_pattern = "bench.inproc.>"});
+    if (!sub.ok()) return sub.status();
+    subs.push_back(std::move(*sub));
+  }
+
+  struct Reader {
+    uint64_t delivered = 0;
+    uint64_t missed = 0;
+    int64_t last_nanos = 0;
+    absl::Status error;
+  };
+  std::vector<Reader> readers(subscribers);
+  std::atomic<uint64_t> target{UINT64_MAX};  // set once publishing ends
+  std::vector<std::thread> threads;
+  for (int i = 0; i < subscribers; ++i) {
+    threads.emplace_back([&, i] {
+      Reader& r = readers[i];
+      std::vector<Delivery> got;
+      got.reserve(kReadMax);
+      absl::Time idle_since = absl::Now();
+      while (r.delivered + r.missed < target.load()) {
+        got.clear();
+        uint64_t missed = 0;
+        absl::Status s =
+            subs[i]->Next(kReadMax, absl::Milliseconds(50), &got, &missed);
+        if (!s.ok()) {
+          r.error = s;
+          return;
+        }
+        if (!got.empty() || missed > 0) {
+          r.delivered += got.size();
+          r.missed += missed;
+          if (!got.empty()) r.last_nanos = NowNanos();
+          idle_since = absl::Now();
+        } else if (target.load() != UINT64_MAX &&
+                   absl::Now() - idle_since > absl::Seconds(5)) {
+          r.error = absl::DeadlineExceededError(absl::StrCat(
+              "subscriber ", i, " saw ", r.delivered, " delivered + ", r.missed,
+              " missed of ", target.load(), " events, then nothing for 5 s"));
+          return;
+        }
+      }
+    });
+  }
+
+  FanOutFigures f;
+  const size_t batch = ctx.options().batch;
+  const int64_t start = NowNanos();
+  const int64_t stop_at =
+      start + absl::ToInt64Nanoseconds(ctx.options().max_time);
+  absl::Status publish_error;
+  while (f.published < ctx.options().events && NowNanos() < stop_at) {
+    size_t n = static_cast<size_t>(
+        std::min<uint64_t>(batch, ctx.options().events - f.published));
+    absl::StatusOr<std::vector<PublishResult>> r =
+        bus.Publish(BenchPrincipal(), std::vector<Event>(n, *event));
+    if (!r.ok()) {
+      publish_error = r.status();
+      break;
+    }
+    f.published += n;
+  }
+  f.publish_nanos = NowNanos() - start;
+  target = f.published;
+  for (std::thread& t : threads) t.join();
+  if (!publish_error.ok()) return publish_error;
+  int64_t last = start;
+  for (const Reader& r : readers) {
+    if (!r.error.ok()) return r.error;
+    f.delivered += r.delivered;
+    f.missed += r.missed;
+    last = std::max(last, r.last_nanos);
+  }
+  f.nanos = last - start;
+  return f;
+}
+
+void AddFanOutFields(nlohmann::ordered_json& out, const FanOutFigures& f,
+                     int subscribers, size_t batch, size_t event_bytes) {
+  out["published_per_s"] = Round(Rate(f.published, f.publish_nanos), 0);
+  out["events"] = f.published;
+  out["delivered"] = f.delivered;
+  out["missed"] = f.missed;
+  out["subscribers"] = subscribers;
+  out["batch"] = batch;
+  out["event_bytes"] = event_bytes;
+  out["seconds"] = Round(static_cast<double>(f.nanos) / 1e9, 3);
+}
+
+absl::StatusOr<Result> RunFanOut(BenchContext& ctx, int subscribers) {
+  absl::StatusOr<FanOutFigures> f = BusFanOut(ctx, subscribers);
+  if (!f.ok()) return f.status();
+  Result r;
+  r.value = Round(Rate(f->delivered, f->nanos), 0);
+  // The peer: NATS core with the same payload (the serialized sample event).
+  const std::string peer =
+      subscribers == 1 ? "nats-core-1to1" : "nats-core-1to4";
+  nlohmann::ordered_json peer_fields = nlohmann::ordered_json::object();
+  absl::StatusOr<double> peer_value = [&]() -> absl::StatusOr<double> {
+    absl::StatusOr<NatsServer*> nats = ctx.Nats();
+    if (!nats.ok()) return nats.status();
+    absl::StatusOr<Event> event = ctx.SampleEvent("bench.inproc.reading.zone1");
+    if (!event.ok()) return event.status();
+    const std::string payload = event->SerializeAsString();
+    absl::StatusOr<PubSubFigures> p =
+        NatsCorePubSub((*nats)->url(), "bench.nats.core", payload, subscribers,
+                       ctx.options().events, ctx.options().max_time);
+    if (!p.ok()) return p.status();
+    peer_fields["peer_published_per_s"] =
+        Round(Rate(p->published, p->publish_nanos), 0);
+    peer_fields["peer_events"] = p->published;
+    peer_fields["peer_delivered"] = p->delivered;
+    peer_fields["peer_dropped"] = p->dropped;
+    peer_fields["peer_payload_bytes"] = payload.size();
+    peer_fields["peer_version"] = (*nats)->version();
+    return Round(Rate(p->delivered, p->nanos), 0);
+  }();
+  r.SetPeer(peer, peer_value);
+  AddFanOutFields(r.extra, *f, subscribers, ctx.options().batch,
+                  ctx.options().event_bytes);
+  for (auto& [k, v] : peer_fields.items()) r.extra[k] = v;
+  return r;
+}
+
+// ------------------------------------------------------------ durable append
+
+absl::StatusOr<Result> RunDurable(BenchContext& ctx, Durability mode,
+                                  int publishers) {
+  const std::string subject = "bench.durable.reading.zone1";
+  absl::StatusOr<Event> event = ctx.SampleEvent(subject);
+  if (!event.ok()) return event.status();
+  absl::StatusOr<std::unique_ptr<ScopedBus>> scoped =
+      ScopedBus::Open(ctx, absl::StrCat("durable-", DurabilityName(mode)));
+  if (!scoped.ok()) return scoped.status();
+  Bus& bus = *(*scoped)->bus();
+  absl::StatusOr<StreamInfo> stream = bus.CreateStream(
+      BenchPrincipal(),
+      {.name = "bench", .subjects = {"bench.durable.>"}, .durability = mode});
+  if (!stream.ok()) return stream.status();
+
+  const BenchOptions& o = ctx.options();
+  const uint64_t per_publisher = std::max<uint64_t>(1, o.events / publishers);
+  const size_t batches_per_publisher =
+      static_cast<size_t>((per_publisher + o.batch - 1) / o.batch);
+  LatencySamples latency(batches_per_publisher * publishers);
+  std::atomic<uint64_t> acked{0};
+  std::atomic<int64_t> last_ack{0};
+  absl::Mutex mu;
+  absl::Status first_error;
+
+  const int64_t start = NowNanos();
+  const int64_t stop_at = start + absl::ToInt64Nanoseconds(o.max_time);
+  std::vector<std::thread> threads;
+  for (int p = 0; p < publishers; ++p) {
+    threads.emplace_back([&] {
+      Window window(o.window);
+      uint64_t sent = 0;
+      while (sent < per_publisher && NowNanos() < stop_at) {
+        size_t n = static_cast<size_t>(
+            std::min<uint64_t>(o.batch, per_publisher - sent));
+        std::vector<Event> events(n, *event);
+        window.Acquire();
+        const int64_t t0 = NowNanos();
+        bus.PublishAsync(
+            BenchPrincipal(), std::move(events),
+            [&, n, t0](absl::StatusOr<std::vector<PublishResult>> r) {
+              const int64_t now = NowNanos();
+              if (r.ok()) {
+                // Every event of the batch waited this long.
+                latency.Add(now - t0);
+                acked += n;
+                int64_t prev = last_ack.load();
+                while (prev < now &&
+                       !last_ack.compare_exchange_weak(prev, now)) {
+                }
+              } else {
+                absl::MutexLock lock(&mu);
+                if (first_error.ok()) first_error = r.status();
+              }
+              window.Release();
+            });
+        sent += n;
+      }
+      WaitIdleOrDie(window, "durable publisher");
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  {
+    absl::MutexLock lock(&mu);
+    if (!first_error.ok()) return first_error;
+  }
+  latency.Finish();
+  Result r;
+  const int64_t nanos = last_ack.load() - start;
+  r.value = Round(Rate(acked.load(), nanos), 0);
+  latency.AddTo(r.extra);
+  r.extra["events"] = acked.load();
+  r.extra["publishers"] = publishers;
+  r.extra["batch"] = o.batch;
+  r.extra["window"] = o.window;
+  r.extra["durability"] = DurabilityName(mode);
+  r.extra["event_bytes"] = o.event_bytes;
+  r.extra["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
+  return r;
+}
+
+// ------------------------------------------------------------ replay from disk
+
+absl::StatusOr<Result> RunReplay(BenchContext& ctx) {
+  const std::string subject = "bench.replay.reading.zone1";
+  absl::StatusOr<Event> event = ctx.SampleEvent(subject);
+  if (!event.ok()) return event.status();
+  absl::StatusOr<std::unique_ptr<ScopedBus>> scoped =
+      ScopedBus::Open(ctx, "replay");
+  if (!scoped.ok()) return scoped.status();
+  absl::StatusOr<StreamInfo> stream = (*scoped)->bus()->CreateStream(
+      BenchPrincipal(), {.name = "bench",
+                         .subjects = {"bench.replay.>"},
+                         .durability = Durability::kNone});
+  if (!stream.ok()) return stream.status();
+  absl::StatusOr<uint64_t> stored =
+      Prefill(ctx, *(*scoped)->bus(), *event, ctx.options().events);
+  if (!stored.ok()) return stored.status();
+  // Reopen: the bus recovers the log and holds nothing of it in memory; the
+  // files are most likely still in the page cache (dropping it needs root).
+  absl::StatusOr<absl::Duration> open_time = (*scoped)->Reopen();
+  if (!open_time.ok()) return open_time.status();
+  Bus& bus = *(*scoped)->bus();
+
+  const int64_t start = NowNanos();
+  absl::StatusOr<std::unique_ptr<Subscription>> sub =
+      bus.Subscribe(BenchPrincipal(),
+                    {.stream = "bench", .start = StartPosition::Earliest()});
+  if (!sub.ok()) return sub.status();
+  uint64_t delivered = 0;
+  uint64_t bytes = 0;
+  std::vector<Delivery> got;
+  got.reserve(kReadMax);
+  while (delivered < *stored) {
+    got.clear();
+    absl::Status s = (*sub)->Next(kReadMax, absl::Seconds(5), &got);
+    if (!s.ok()) return s;
+    if (got.empty()) {
+      return absl::DeadlineExceededError(
+          absl::StrCat("replay delivered ", delivered, " of ", *stored,
+                       ", then nothing for 5 s"));
+    }
+    delivered += got.size();
+    for (const Delivery& d : got)
+      bytes += d.message->event.binary_data().size();
+  }
+  const int64_t nanos = NowNanos() - start;
+  (*sub)->Close();
+
+  Result r;
+  r.value = Round(Rate(delivered, nanos), 0);
+  nlohmann::ordered_json peer_fields = nlohmann::ordered_json::object();
+  absl::StatusOr<double> peer_value = [&]() -> absl::StatusOr<double> {
+    absl::StatusOr<NatsServer*> nats = ctx.Nats();
+    if (!nats.ok()) return nats.status();
+    const std::string url = (*nats)->url();
+    const std::string payload = event->SerializeAsString();
+    absl::StatusOr<JsPublishFigures> fill =
+        JetStreamPublish(url, "BENCH_REPLAY", "bench.nats.replay", payload,
+                         4096, *stored, ctx.options().max_time);
+    if (!fill.ok()) return fill.status();
+    absl::StatusOr<ReplayFigures> rep =
+        JetStreamReplay(url, "BENCH_REPLAY", "bench.nats.replay", fill->acked);
+    JetStreamDeleteStream(url, "BENCH_REPLAY");
+    if (!rep.ok()) return rep.status();
+    peer_fields["peer_events"] = rep->delivered;
+    peer_fields["peer_payload_bytes"] = payload.size();
+    return Round(Rate(rep->delivered, rep->nanos), 0);
+  }();
+  r.SetPeer("nats-jetstream-ordered-consumer", peer_value);
+  r.extra["events"] = delivered;
+  r.extra["event_bytes"] = ctx.options().event_bytes;
+  r.extra["mb_per_s"] =
+      Round(Rate(delivered * ctx.options().event_bytes, nanos) / 1e6, 1);
+  r.extra["reopen_ms"] = Round(absl::ToDoubleMilliseconds(*open_time), 1);
+  r.extra["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
+  for (auto& [k, v] : peer_fields.items()) r.extra[k] = v;
+  (void)bytes;
+  return r;
+}
+
+// ---------------------------------------------- memory with a stalled reader
+
+absl::StatusOr<Result> RunStalledSubscriber(BenchContext& ctx) {
+  const std::string subject = "bench.memory.reading.zone1";
+  absl::StatusOr<Event> event = ctx.SampleEvent(subject);
+  if (!event.ok()) return event.status();
+  absl::StatusOr<std::unique_ptr<ScopedBus>> scoped =
+      ScopedBus::Open(ctx, "memory");
+  if (!scoped.ok()) return scoped.status();
+  Bus& bus = *(*scoped)->bus();
+  const size_t depth = BusOptions().live_queue_depth;
+  absl::StatusOr<std::unique_ptr<Subscription>> stalled =
+      bus.Subscribe(BenchPrincipal(), {.subject_pattern = "bench.memory.>"});
+  if (!stalled.ok()) return stalled.status();
+  absl::StatusOr<std::unique_ptr<Subscription>> reader =
+      bus.Subscribe(BenchPrincipal(), {.subject_pattern = "bench.memory.>"});
+  if (!reader.ok()) return reader.status();
+
+  // Publish at least 8 queues' worth, so the stalled queue fills many times.
+  const uint64_t events = std::max<uint64_t>(ctx.options().events, 8 * depth);
+  TrimHeap();
+  const uint64_t rss_before = ResidentBytes();
+  const uint64_t heap_before = HeapInUseBytes();
+  RssSampler sampler(absl::Milliseconds(5));
+
+  std::atomic<uint64_t> target{UINT64_MAX};
+  uint64_t read = 0, read_missed = 0;
+  absl::Status read_error;
+  std::thread reader_thread([&] {
+    std::vector<Delivery> got;
+    absl::Time idle_since = absl::Now();
+    while (read + read_missed < target.load()) {
+      got.clear();
+      uint64_t missed = 0;
+      absl::Status s =
+          (*reader)->Next(kReadMax, absl::Milliseconds(50), &got, &missed);
+      if (!s.ok()) {
+        read_error = s;
+        return;
+      }
+      if (!got.empty() || missed > 0) {
+        idle_since = absl::Now();
+      } else if (target.load() != UINT64_MAX &&
+                 absl::Now() - idle_since > absl::Seconds(5)) {
+        read_error =
+            absl::DeadlineExceededError("reading subscriber stalled for 5 s");
+        return;
+      }
+      read += got.size();
+      read_missed += missed;
+    }
+  });
+
+  uint64_t published = 0;
+  uint64_t rss_half = 0;
+  const size_t batch = ctx.options().batch;
+  const int64_t start = NowNanos();
+  const int64_t stop_at =
+      start + absl::ToInt64Nanoseconds(ctx.options().max_time);
+  absl::Status publish_error;
+  while (published < events && NowNanos() < stop_at) {
+    size_t n =
+        static_cast<size_t>(std::min<uint64_t>(batch, events - published));
+    absl::StatusOr<std::vector<PublishResult>> r =
+        bus.Publish(BenchPrincipal(), std::vector<Event>(n, *event));
+    if (!r.ok()) {
+      publish_error = r.status();
+      break;
+    }
+    published += n;
+    if (rss_half == 0 && published >= events / 2) rss_half = ResidentBytes();
+  }
+  const int64_t publish_nanos = NowNanos() - start;
+  target = published;
+  reader_thread.join();
+  const uint64_t rss_end = ResidentBytes();
+  const uint64_t rss_peak = sampler.Stop();
+  const uint64_t heap_end = HeapInUseBytes();
+  if (!publish_error.ok()) return publish_error;
+  if (!read_error.ok()) return read_error;
+
+  // The stalled subscriber reads once: one event, and how many it missed.
+  std::vector<Delivery> one;
+  uint64_t stalled_missed = 0;
+  absl::Status s =
+      (*stalled)->Next(1, absl::ZeroDuration(), &one, &stalled_missed);
+  if (!s.ok()) return s;
+  if (rss_half == 0) rss_half = rss_end;
+
+  Result r;
+  r.value =
+      static_cast<double>(rss_peak > rss_before ? rss_peak - rss_before : 0);
+  r.extra["rss_before_bytes"] = rss_before;
+  r.extra["rss_peak_bytes"] = rss_peak;
+  r.extra["rss_half_bytes"] = rss_half;
+  r.extra["rss_end_bytes"] = rss_end;
+  r.extra["second_half_growth_bytes"] =
+      static_cast<int64_t>(rss_end) - static_cast<int64_t>(rss_half);
+  // What the allocator still holds for the bus at the end: mostly the stalled
+  // subscriber's full queue of shared messages.
+  r.extra["heap_growth_bytes"] =
+      static_cast<int64_t>(heap_end) - static_cast<int64_t>(heap_before);
+  r.extra["events"] = published;
+  r.extra["published_per_s"] = Round(Rate(published, publish_nanos), 0);
+  r.extra["stalled_missed"] = stalled_missed;
+  r.extra["stalled_queued"] = published - stalled_missed;
+  r.extra["reader_delivered"] = read;
+  r.extra["reader_missed"] = read_missed;
+  r.extra["queue_depth"] = depth;
+  r.extra["event_bytes"] = ctx.options().event_bytes;
+  return r;
+}
+
+const char* kModes[] = {"fsync", "interval", "none"};
+
+}  // namespace
+
+absl::Status RegisterBusScenarios(ScenarioRegistry& registry) {
+  absl::Status s = registry.Add(
+      {.name = "bus.inproc.1to1",
+       .unit = "events/s",
+       .description =
+           "live pub/sub, 1 publisher -> 1 subscriber (peer: NATS core 1->1)",
+       .run = [](BenchContext& ctx) { return RunFanOut(ctx, 1); }});
+  if (!s.ok()) return s;
+  s = registry.Add(
+      {.name = "bus.inproc.1to4",
+       .unit = "events/s",
+       .description = "live fan-out to 4 subscribers, events delivered/s "
+                      "(peer: NATS core 1->4)",
+       .run = [](BenchContext& ctx) { return RunFanOut(ctx, 4); }});
+  if (!s.ok()) return s;
+  for (const char* mode_name : kModes) {
+    for (int publishers : {1, 4, 16}) {
+      Durability mode = *ParseDurability(mode_name);
+      s = registry.Add(
+          {.name = absl::StrCat("bus.durable.", mode_name, ".p", publishers),
+           .unit = "events/s",
+           .description = absl::StrCat(
+               "PublishAsync, durability ", mode_name, ", ", publishers,
+               publishers == 1 ? " publisher" : " publishers",
+               "; ack latency per event"),
+           .run = [mode, publishers](BenchContext& ctx) {
+             return RunDurable(ctx, mode, publishers);
+           }});
+      if (!s.ok()) return s;
+    }
+  }
+  s = registry.Add({.name = "bus.replay.disk",
+                    .unit = "events/s",
+                    .description = "replay subscription from earliest over "
+                                   "stored events (peer: JetStream "
+                                   "ordered consumer)",
+                    .run = RunReplay});
+  if (!s.ok()) return s;
+  return registry.Add(
+      {.name = "bus.memory.stalled_subscriber",
+       .unit = "bytes",
+       .description =
+           "RSS growth while one live subscriber never reads and another does",
+       .run = RunStalledSubscriber});
+}
+
+}  // namespace cityos::bench

@@ -1,0 +1,55 @@
+# bench.smoke: cityos-bench lists its scenarios and runs one tiny scenario
+# (with its NATS peer, or a peer_error when nats-server is missing); every
+# output line must be a JSON object with name, value and unit. No timing is
+# checked: benchmarks never decide tests.
+#   cmake -DBENCH=/path/to/cityos-bench -P smoke_test.cmake
+if(NOT BENCH)
+  message(FATAL_ERROR "pass -DBENCH=<path to cityos-bench>")
+endif()
+
+execute_process(COMMAND ${BENCH} --list
+  OUTPUT_VARIABLE list_out ERROR_VARIABLE list_err RESULT_VARIABLE list_rc)
+if(NOT list_rc EQUAL 0)
+  message(FATAL_ERROR "cityos-bench --list failed (${list_rc}): ${list_err}")
+endif()
+foreach(expected bus.inproc.1to1 bus.inproc.1to4 bus.durable.fsync.p16 bus.durable.none.p1
+                 bus.grpc.publish_stream.fsync bus.grpc.subscribe bus.replay.disk
+                 bus.memory.stalled_subscriber)
+  string(FIND "${list_out}" "${expected} " pos)
+  if(pos EQUAL -1)
+    message(FATAL_ERROR "cityos-bench --list does not name ${expected}:\n${list_out}")
+  endif()
+endforeach()
+
+execute_process(COMMAND ${BENCH} --filter "^bus\\.(inproc\\.1to1|durable\\.fsync\\.p4)$"
+                        --events 2000 --seconds 1
+  OUTPUT_VARIABLE run_out ERROR_VARIABLE run_err RESULT_VARIABLE run_rc)
+if(NOT run_rc EQUAL 0)
+  message(FATAL_ERROR "cityos-bench run failed (${run_rc}):\n${run_out}\n${run_err}")
+endif()
+
+string(STRIP "${run_out}" run_out)
+string(REPLACE ";" "\\;" run_out "${run_out}")
+string(REPLACE "\n" ";" lines "${run_out}")
+set(count 0)
+foreach(line IN LISTS lines)
+  string(JSON type ERROR_VARIABLE err TYPE "${line}")
+  if(err OR NOT type STREQUAL "OBJECT")
+    message(FATAL_ERROR "not a JSON object: ${line} (${err})")
+  endif()
+  foreach(field name value unit)
+    string(JSON v ERROR_VARIABLE err GET "${line}" ${field})
+    if(err)
+      message(FATAL_ERROR "line lacks ${field}: ${line}")
+    endif()
+  endforeach()
+  string(JSON value_type TYPE "${line}" value)
+  if(NOT value_type STREQUAL "NUMBER")
+    message(FATAL_ERROR "value is not a number: ${line}")
+  endif()
+  math(EXPR count "${count} + 1")
+endforeach()
+if(NOT count EQUAL 2)
+  message(FATAL_ERROR "expected 2 lines, got ${count}:\n${run_out}")
+endif()
+message(STATUS "cityos-bench smoke: ${count} well-formed lines")
