@@ -25,6 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "cityos/bus.h"
+#include "cityos/proto_time.h"
 #include "cityos/bus/v1/bus.pb.h"
 #include "google/protobuf/duration.pb.h"
 #include "google/protobuf/timestamp.pb.h"
@@ -33,19 +34,7 @@ namespace cityos {
 
 // --- scalars ---
 
-// A google.protobuf.Duration as absl::Duration. INVALID_ARGUMENT naming
-// `field` when it is out of the documented range or its seconds and nanos
-// disagree in sign.
-absl::StatusOr<absl::Duration> DurationFromProto(const google::protobuf::Duration& d,
-                                                 std::string_view field);
-void DurationToProto(absl::Duration d, google::protobuf::Duration* out);
-
-// A google.protobuf.Timestamp as absl::Time. INVALID_ARGUMENT naming `field`
-// when it is outside 0001-01-01..9999-12-31 or its nanos are out of range.
-absl::StatusOr<absl::Time> TimestampFromProto(const google::protobuf::Timestamp& t,
-                                              std::string_view field);
-// Leaves `out` untouched for an infinite time (the library's "none").
-void TimestampToProto(absl::Time t, google::protobuf::Timestamp* out);
+// Durations and timestamps: cityos/proto_time.h.
 
 absl::StatusOr<Durability> DurabilityFromProto(bus::v1::Durability d, std::string_view field);
 bus::v1::Durability DurabilityToProto(Durability d);

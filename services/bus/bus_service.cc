@@ -26,6 +26,24 @@ grpc::Status Invalid(std::string message) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(message));
 }
 
+// Fills `out` from `d` without copying the event: the response borrows the
+// shared, immutable event (serialization only reads it). Every borrowed event
+// must be given back with ReturnBorrowedEvents before the response is reset.
+void BorrowDelivery(const Delivery& d, bus::v1::Delivery* out) {
+  const Message& m = *d.message;
+  out->set_stream(m.stream);
+  out->set_sequence(m.sequence);
+  TimestampToProto(m.publish_time, out->mutable_publish_time());
+  out->set_delivery_count(d.delivery_count);
+  out->unsafe_arena_set_allocated_event(const_cast<event::v1::Event*>(&m.event()));
+}
+
+void ReturnBorrowedEvents(bus::v1::SubscribeResponse* response) {
+  for (bus::v1::Delivery& d : *response->mutable_deliveries()) {
+    d.unsafe_arena_release_event();
+  }
+}
+
 // Takes the events out of a request we own (no copy).
 std::vector<event::v1::Event> TakeEvents(
     google::protobuf::RepeatedPtrField<event::v1::Event>* events) {
@@ -205,9 +223,11 @@ grpc::Status BusServiceImpl::Subscribe(grpc::ServerContext* context,
     bool broken = false;
     for (const Delivery& d : got) {
       // Event size plus room for the delivery's own fields.
-      const size_t size = d.message->event.ByteSizeLong() + 64;
+      const size_t size = d.message->event().ByteSizeLong() + 64;
       if (response->deliveries_size() > 0 && bytes + size > options_.max_response_bytes) {
-        if (!writer->Write(*response)) {
+        bool written = writer->Write(*response);
+        ReturnBorrowedEvents(response);
+        if (!written) {
           broken = true;
           break;
         }
@@ -215,10 +235,13 @@ grpc::Status BusServiceImpl::Subscribe(grpc::ServerContext* context,
         response = google::protobuf::Arena::CreateMessage<bus::v1::SubscribeResponse>(&arena);
         bytes = 0;
       }
-      DeliveryToProto(d, response->add_deliveries());
+      BorrowDelivery(d, response->add_deliveries());
       bytes += size;
     }
-    if (broken || !writer->Write(*response)) break;
+    if (broken) break;
+    bool written = writer->Write(*response);
+    ReturnBorrowedEvents(response);
+    if (!written) break;
   }
   return grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
 }

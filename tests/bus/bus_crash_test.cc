@@ -129,8 +129,8 @@ TEST(BusCrash, EveryAcknowledgedEventSurvivesSigkillExactlyOnce) {
       for (const Delivery& d : got) {
         ASSERT_EQ(d.message->sequence, expect_seq) << "gap in run " << run;
         ++expect_seq;
-        auto [it, inserted] = seen_ids.emplace(d.message->event.id(), d.message->sequence);
-        ASSERT_TRUE(inserted) << "event " << d.message->event.id() << " stored twice";
+        auto [it, inserted] = seen_ids.emplace(d.message->event().id(), d.message->sequence);
+        ASSERT_TRUE(inserted) << "event " << d.message->event().id() << " stored twice";
       }
     }
     for (const auto& [seq, id] : acked) {

@@ -99,8 +99,8 @@ TEST_F(BusTest, LiveSubscribersGetMatchingEventsWithPublisherSet) {
   EXPECT_EQ(*r, (std::vector<PublishResult>{{}, {}}));  // not captured: no sequence
   auto got = Collect(**all, 2);
   ASSERT_EQ(got.size(), 2u);
-  EXPECT_EQ(got[0].message->event.subject(), "carbon.meter.reading");
-  EXPECT_EQ(got[0].message->event.publisher(), "spiffe://test.city/org/grid/svc/meters");
+  EXPECT_EQ(got[0].message->event().subject(), "carbon.meter.reading");
+  EXPECT_EQ(got[0].message->event().publisher(), "spiffe://test.city/org/grid/svc/meters");
   EXPECT_EQ(Collect(**one, 1).size(), 1u);
   std::vector<Delivery> nothing;
   ASSERT_TRUE((*none)->Next(10, absl::Milliseconds(10), &nothing).ok());
@@ -182,7 +182,7 @@ TEST_F(BusTest, ReplayFromEarliestSequenceTimeLastAndNewThenFollowsLive) {
   auto live = Collect(**fresh, 2);
   ASSERT_EQ(live.size(), 2u);
   EXPECT_EQ(live[0].message->sequence, 6u);
-  EXPECT_EQ(live[0].message->event.text_data(), "late");
+  EXPECT_EQ(live[0].message->event().text_data(), "late");
   auto filtered = Collect(**replay, 1);  // the filter drops mobility.count
   ASSERT_EQ(filtered.size(), 1u);
   EXPECT_EQ(filtered[0].message->sequence, 6u);
@@ -308,7 +308,7 @@ TEST_F(BusTest, StalledSubscriberDropsOnlyItsOwnEventsAndIsToldHowMany) {
   ASSERT_TRUE((*stalled)->Next(1000, absl::Milliseconds(10), &got, &missed).ok());
   EXPECT_EQ(got.size(), 10u);
   EXPECT_EQ(missed, 990u);
-  EXPECT_EQ(got[0].message->event.text_data(), "e0");
+  EXPECT_EQ(got[0].message->event().text_data(), "e0");
 }
 
 TEST_F(BusTest, StreamAdministrationErrors) {
@@ -366,8 +366,8 @@ TEST_F(BusTest, StreamsSurviveRestartAndKeepNumbering) {
   auto sub = bus_->Subscribe(Me(), {.stream = "carbon", .start = StartPosition::Earliest()});
   auto got = Collect(**sub, 6);
   ASSERT_EQ(got.size(), 6u);
-  EXPECT_EQ(got[4].message->event.text_data(), "e4");
-  EXPECT_EQ(got[4].message->event.publisher(), "spiffe://test.city/org/grid/svc/meters");
+  EXPECT_EQ(got[4].message->event().text_data(), "e4");
+  EXPECT_EQ(got[4].message->event().publisher(), "spiffe://test.city/org/grid/svc/meters");
 }
 
 TEST_F(BusTest, ConcurrentPublishersAllGetDistinctSequences) {

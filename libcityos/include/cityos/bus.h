@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -134,10 +135,23 @@ struct ConsumerInfo {
 
 // A stored (or routed) event. Immutable, shared by every subscriber.
 struct Message {
+  // Holds `event` itself (in-process publishes of owned events).
+  Message(std::string stream, uint64_t sequence, absl::Time publish_time,
+          event::v1::Event&& event);
+  // Shares an event owned elsewhere (shared publishes, arena-parsed reads).
+  Message(std::string stream, uint64_t sequence, absl::Time publish_time,
+          std::shared_ptr<const event::v1::Event> event);
+
+  // The event, with `publisher` set to the publisher's SPIFFE id.
+  const event::v1::Event& event() const { return shared_ ? *shared_ : *owned_; }
+
   std::string stream;  // empty when no stream captured the subject
   uint64_t sequence = 0;
   absl::Time publish_time;
-  event::v1::Event event;  // with `publisher` set
+
+ private:
+  std::shared_ptr<const event::v1::Event> shared_;
+  std::optional<event::v1::Event> owned_;  // empty when shared
 };
 using MessagePtr = std::shared_ptr<const Message>;
 
@@ -241,12 +255,22 @@ class Bus {
   virtual absl::StatusOr<std::vector<PublishResult>> Publish(
       const Principal& who, std::vector<event::v1::Event> events) = 0;
 
+  // As Publish, for events that are shared and immutable (built once,
+  // published many times, or fanned out without copies). Because they cannot
+  // be stamped, each must already carry `publisher` equal to
+  // who.SpiffeId() (EventBuilder::Publisher); otherwise INVALID_ARGUMENT.
+  virtual absl::StatusOr<std::vector<PublishResult>> PublishShared(
+      const Principal& who, std::vector<std::shared_ptr<const event::v1::Event>> events) = 0;
+
   // As Publish, but returns at once; `done` runs exactly once, possibly on
   // another thread, when the batch is durable (or failed).
   using PublishCallback =
       std::function<void(absl::StatusOr<std::vector<PublishResult>>)>;
   virtual void PublishAsync(const Principal& who, std::vector<event::v1::Event> events,
                             PublishCallback done) = 0;
+  virtual void PublishSharedAsync(const Principal& who,
+                                  std::vector<std::shared_ptr<const event::v1::Event>> events,
+                                  PublishCallback done) = 0;
 
   // Subscribes in live, replay or durable mode (see SubscribeOptions).
   // Errors: INVALID_ARGUMENT (bad pattern; inconsistent mode), NOT_FOUND,

@@ -6,9 +6,9 @@
 // streams, consumers ↔ durable pull consumers, Ack ↔ AckAck / Nak) without
 // any change to Bus callers.
 //
-// Records are serialized cityos.event.v1.Event messages; the backend treats
-// them as opaque bytes, except for consumer subject filters, which it applies
-// to the subject the Bus passes alongside each record.
+// Records are cityos.event.v1.Event messages, serialized by the backend;
+// consumer subject filters apply to the subject the Bus passes alongside
+// each record.
 //
 // Thread-safety: every method may be called from any thread.
 #ifndef CITYOS_BUS_BACKEND_H_
@@ -55,10 +55,11 @@ class StreamReader {
   virtual uint64_t next_sequence() const = 0;
 };
 
-// One record to append: its subject (for filters) and its payload.
+// One record to append: the event (serialized by the backend in its own
+// format, once) and its subject (for consumer filters). Not owned.
 struct AppendRecord {
   std::string_view subject;
-  std::string_view payload;
+  const event::v1::Event* event = nullptr;
 };
 
 class BusBackend {

@@ -71,6 +71,9 @@ class EventBuilder {
   EventBuilder& Region(std::string_view region);
   EventBuilder& Jurisdiction(std::string_view code);
   EventBuilder& Extension(std::string_view name, std::string_view value);
+  // The publisher's SPIFFE id. The bus overwrites it on Publish; it must be
+  // set (to the publishing principal) for Bus::PublishShared.
+  EventBuilder& Publisher(std::string_view spiffe_id);
   // Packs `payload` as proto_data; sets type to its full name (unless Type()
   // was called), data_schema to its type URL and content type to
   // application/protobuf.

@@ -7,6 +7,10 @@
 //   cityos::LogInfo("bus", "stream created", {{"stream", name}, {"subjects", "carbon.>"}});
 //   // {"ts":"2026-11-29T09:00:00.123Z","level":"info","component":"bus",
 //   //  "msg":"stream created","stream":"carbon","subjects":"carbon.>"}
+//
+// Inside a cityos::TraceScope (cityos/trace.h) every record also carries the
+// current `trace_id` and `span_id` (after the other fields), so the lines of
+// one request can be found across services.
 #ifndef CITYOS_LOGGING_H_
 #define CITYOS_LOGGING_H_
 
@@ -35,6 +39,10 @@ void SetLogOptions(LogFormat format, LogLevel min_level);
 absl::StatusOr<LogLevel> ParseLogLevel(std::string_view s);
 absl::StatusOr<LogFormat> ParseLogFormat(std::string_view s);
 
+// Whether a record at `level` would be written; lets callers skip building
+// expensive fields. Thread-safe.
+bool LogEnabled(LogLevel level);
+
 // Writes one record if `level` is at or above the minimum. Thread-safe.
 void Log(LogLevel level, std::string_view component, std::string_view msg,
          std::initializer_list<LogField> fields = {});
@@ -57,7 +65,8 @@ inline void LogError(std::string_view c, std::string_view m,
 }
 
 // Formats one record as the logger would, without writing it (for tests and
-// for sinks of one's own).
+// for sinks of one's own); like Log, it adds the calling thread's current
+// trace context, if any.
 std::string FormatLogRecord(LogFormat format, absl::Time time, LogLevel level,
                             std::string_view component, std::string_view msg,
                             std::initializer_list<LogField> fields);

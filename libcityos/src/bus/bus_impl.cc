@@ -2,11 +2,15 @@
 // through an immutable subject trie, and storage/consumers through a
 // BusBackend. See cityos/bus.h for the contract.
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <map>
 #include <mutex>
 #include <thread>
 
+#include <google/protobuf/arena.h>
+
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -19,6 +23,7 @@
 #include "cityos/bus_backend.h"
 #include "cityos/clock.h"
 #include "cityos/logging.h"
+#include "cityos/metrics.h"
 #include "cityos/status.h"
 #include "cityos/subject.h"
 #include "core/strings.h"
@@ -45,11 +50,60 @@ absl::StatusOr<Durability> ParseDurability(std::string_view s) {
       "durability \"%s\": expected fsync, interval or none", s));
 }
 
+Message::Message(std::string stream_name, uint64_t seq, absl::Time time,
+                 event::v1::Event&& event)
+    : stream(std::move(stream_name)), sequence(seq), publish_time(time),
+      owned_(std::in_place, std::move(event)) {}
+
+Message::Message(std::string stream_name, uint64_t seq, absl::Time time,
+                 std::shared_ptr<const event::v1::Event> event)
+    : stream(std::move(stream_name)), sequence(seq), publish_time(time),
+      shared_(std::move(event)) {}
+
 namespace {
 
 using bus_internal::LiveQueue;
 using bus_internal::SubjectTrie;
 using event::v1::Event;
+
+// Process metrics of every bus (MetricsRegistry::Global()). Updated once per
+// batch, not per event.
+struct BusMetrics {
+  explicit BusMetrics(MetricsRegistry& r)
+      : published(r.AddCounterFamily(
+            "cityos_bus_published_total",
+            "Events accepted by Publish, by stream (\"\" for events no stream captures; "
+            "stored events count once durable).",
+            {"stream"})),
+        published_uncaptured(published.WithLabels({""})),
+        delivered_family(r.AddCounterFamily(
+            "cityos_bus_delivered_total",
+            "Events handed to subscribers, by subscription mode.", {"mode"})),
+        delivered_live(delivered_family.WithLabels({"live"})),
+        delivered_replay(delivered_family.WithLabels({"replay"})),
+        delivered_durable(delivered_family.WithLabels({"durable"})),
+        live_dropped(r.AddCounter("cityos_bus_live_dropped_total",
+                                  "Events dropped for a live subscriber whose queue was full.")),
+        live_depth(r.AddGaugeFamily("cityos_bus_live_queue_depth",
+                                    "Events waiting in live subscribers' queues.", {})),
+        publish_seconds(r.AddHistogram(
+            "cityos_bus_publish_seconds",
+            "Time from Publish to a stored batch being durable, per stream and batch.")) {}
+  CounterFamily published;
+  Counter published_uncaptured;
+  CounterFamily delivered_family;
+  Counter delivered_live;
+  Counter delivered_replay;
+  Counter delivered_durable;
+  Counter live_dropped;
+  GaugeFamily live_depth;
+  Histogram publish_seconds;
+};
+
+const BusMetrics& Metrics() {
+  static const BusMetrics* const metrics = new BusMetrics(MetricsRegistry::Global());
+  return *metrics;
+}
 
 // Unique across all buses in the process, so per-thread route caches can
 // tell snapshots apart.
@@ -62,6 +116,7 @@ struct Routes {
   std::vector<std::shared_ptr<LiveQueue>> live_refs;  // keeps `live` valid
   SubjectTrie<const std::string*> streams;
   std::vector<std::unique_ptr<std::string>> stream_names;  // keeps `streams` valid
+  absl::flat_hash_map<const std::string*, Counter> published;  // per stream name
 };
 
 struct RouteResult {
@@ -97,7 +152,7 @@ const RouteResult& Route(const Routes& routes, const std::string& subject) {
 // Groups messages per target queue and pushes each group once.
 class Fanout {
  public:
-  void Add(const std::vector<LiveQueue*>& targets, const MessagePtr& m) {
+  void Add(const std::vector<LiveQueue*>& targets, MessagePtr m) {
     for (LiveQueue* q : targets) {
       auto it = std::find_if(groups_.begin(), groups_.end(),
                              [q](const auto& g) { return g.first == q; });
@@ -136,7 +191,10 @@ class LiveSubscription final : public Tracked {
   absl::Status Next(size_t max, absl::Duration timeout, std::vector<Delivery>* out,
                     uint64_t* missed) override {
     if (max == 0) return absl::InvalidArgumentError("max must be at least 1");
-    return queue_->Pop(max, timeout, out, missed);
+    size_t before = out->size();
+    absl::Status s = queue_->Pop(max, timeout, out, missed);
+    if (out->size() > before) Metrics().delivered_live.Add(out->size() - before);
+    return s;
   }
   absl::Status Ack(absl::Span<const uint64_t>) override { return absl::OkStatus(); }
   absl::Status Nak(absl::Span<const uint64_t>) override { return absl::OkStatus(); }
@@ -175,17 +233,33 @@ class EndState {
 // How long a blocked Next() sleeps before re-checking whether it was ended.
 constexpr absl::Duration kWaitSlice = absl::Milliseconds(50);
 
-absl::StatusOr<MessagePtr> ToMessage(const std::string& stream, StoredRecord&& rec) {
-  auto m = std::make_shared<Message>();
-  m->stream = stream;
-  m->sequence = rec.sequence;
-  m->publish_time = rec.publish_time;
-  if (!m->event.ParseFromString(rec.payload)) {
-    return absl::DataLossError(absl::StrCat("stream ", stream, ": record ", rec.sequence,
-                                            " is not a valid event"));
+// Parses stored records into messages. The events of one call share one
+// protobuf arena (one allocation for many events instead of a dozen per
+// event); each message keeps the arena alive through its event pointer.
+class RecordParser {
+ public:
+  explicit RecordParser(const std::string& stream) : stream_(stream) {}
+
+  absl::StatusOr<MessagePtr> Parse(StoredRecord&& rec) {
+    if (arena_ == nullptr) {
+      google::protobuf::ArenaOptions o;
+      o.start_block_size = 32 << 10;
+      o.max_block_size = 1 << 20;
+      arena_ = std::make_shared<google::protobuf::Arena>(o);
+    }
+    auto* e = google::protobuf::Arena::CreateMessage<Event>(arena_.get());
+    if (!e->ParseFromString(rec.payload)) {
+      return absl::DataLossError(absl::StrCat("stream ", stream_, ": record ", rec.sequence,
+                                              " is not a valid event"));
+    }
+    return std::make_shared<const Message>(stream_, rec.sequence, rec.publish_time,
+                                           std::shared_ptr<const Event>(arena_, e));
   }
-  return m;
-}
+
+ private:
+  const std::string& stream_;
+  std::shared_ptr<google::protobuf::Arena> arena_;
+};
 
 // Base of replay and durable subscriptions: a stream and an end state.
 class StreamSubscription : public Tracked {
@@ -221,6 +295,7 @@ class ReplaySubscription final : public StreamSubscription {
     if (missed != nullptr) *missed = 0;
     std::lock_guard<std::mutex> lock(read_mu_);
     absl::Time deadline = absl::Now() + timeout;
+    RecordParser parser(stream_);
     while (true) {
       CITYOS_RETURN_IF_ERROR(end_.status());
       size_t got = 0;
@@ -229,11 +304,14 @@ class ReplaySubscription final : public StreamSubscription {
         CITYOS_ASSIGN_OR_RETURN(bool more, reader_->Next(&rec));
         if (!more) break;
         if (!filter_.empty() && !SubjectMatches(filter_, rec.subject)) continue;
-        CITYOS_ASSIGN_OR_RETURN(MessagePtr m, ToMessage(stream_, std::move(rec)));
+        CITYOS_ASSIGN_OR_RETURN(MessagePtr m, parser.Parse(std::move(rec)));
         out->push_back(Delivery{std::move(m), 1});
         ++got;
       }
-      if (got > 0) return absl::OkStatus();
+      if (got > 0) {
+        Metrics().delivered_replay.Add(got);
+        return absl::OkStatus();
+      }
       absl::Time now = absl::Now();
       if (now >= deadline) return absl::OkStatus();
       auto waited = backend_->WaitForSequence(stream_, reader_->next_sequence(),
@@ -277,10 +355,12 @@ class DurableSubscription final : public StreamSubscription {
         return s;
       }
       if (!recs.empty()) {
+        RecordParser parser(stream_);
         for (FetchedRecord& f : recs) {
-          CITYOS_ASSIGN_OR_RETURN(MessagePtr m, ToMessage(stream_, std::move(f.record)));
+          CITYOS_ASSIGN_OR_RETURN(MessagePtr m, parser.Parse(std::move(f.record)));
           out->push_back(Delivery{std::move(m), f.delivery_count});
         }
+        Metrics().delivered_durable.Add(recs.size());
         return absl::OkStatus();
       }
       if (absl::Now() >= deadline) return absl::OkStatus();
@@ -299,8 +379,37 @@ class DurableSubscription final : public StreamSubscription {
 };
 
 // State of one publish call whose events go to one or more streams.
+// The events of one publish call: owned (moved in, stamped with the
+// publisher) or shared (immutable, already carrying the publisher).
+class EventBatch {
+ public:
+  explicit EventBatch(std::vector<Event> owned) : owned_(std::move(owned)) {}
+  explicit EventBatch(std::vector<std::shared_ptr<const Event>> shared)
+      : shared_(std::move(shared)), is_shared_(true) {}
+
+  size_t size() const { return is_shared_ ? shared_.size() : owned_.size(); }
+  bool is_shared() const { return is_shared_; }
+  const Event& at(size_t i) const { return is_shared_ ? *shared_[i] : owned_[i]; }
+  Event& mutable_owned(size_t i) { return owned_[i]; }
+
+  // The i-th event as a message. Moves an owned event out: call once per i.
+  MessagePtr TakeMessage(size_t i, std::string stream, uint64_t sequence, absl::Time t) {
+    if (is_shared_) {
+      return std::make_shared<const Message>(std::move(stream), sequence, t, shared_[i]);
+    }
+    return std::make_shared<const Message>(std::move(stream), sequence, t,
+                                           std::move(owned_[i]));
+  }
+
+ private:
+  std::vector<Event> owned_;
+  std::vector<std::shared_ptr<const Event>> shared_;
+  bool is_shared_ = false;
+};
+
 struct PublishState {
-  std::vector<Event> events;
+  explicit PublishState(EventBatch b) : batch(std::move(b)) {}
+  EventBatch batch;
   std::vector<const RouteResult*> routes;
   std::shared_ptr<const Routes> snapshot;  // keeps `routes` targets valid
   std::vector<PublishResult> results;
@@ -329,115 +438,40 @@ class BusImpl final : public Bus {
     return absl::OkStatus();
   }
 
+  // Registers this bus's share of cityos_bus_live_queue_depth. Called without
+  // admin_mu_, which the callback takes.
+  void RegisterMetrics() ABSL_LOCKS_EXCLUDED(admin_mu_) {
+    live_depth_ = Metrics().live_depth.AddCallback({}, [this] {
+      absl::MutexLock lock(&admin_mu_);
+      size_t depth = 0;
+      for (const auto& [id, entry] : live_) depth += entry.queue->depth();
+      return static_cast<double>(depth);
+    });
+  }
+
   absl::StatusOr<std::vector<PublishResult>> Publish(const Principal& who,
                                                      std::vector<Event> events) override {
-    absl::Notification done;
-    absl::StatusOr<std::vector<PublishResult>> result;
-    PublishAsync(who, std::move(events),
-                 [&](absl::StatusOr<std::vector<PublishResult>> r) {
-                   result = std::move(r);
-                   done.Notify();
-                 });
-    done.WaitForNotification();
-    return result;
+    return Wait([&](PublishCallback done) {
+      PublishBatch(who, EventBatch(std::move(events)), std::move(done));
+    });
+  }
+
+  absl::StatusOr<std::vector<PublishResult>> PublishShared(
+      const Principal& who, std::vector<std::shared_ptr<const Event>> events) override {
+    return Wait([&](PublishCallback done) {
+      PublishBatch(who, EventBatch(std::move(events)), std::move(done));
+    });
   }
 
   void PublishAsync(const Principal& who, std::vector<Event> events,
                     PublishCallback done) override {
-    if (closed_.load(std::memory_order_acquire)) {
-      done(absl::UnavailableError("the bus is closed"));
-      return;
-    }
-    if (events.empty()) {
-      done(absl::InvalidArgumentError("no events to publish"));
-      return;
-    }
-    for (size_t i = 0; i < events.size(); ++i) {
-      if (absl::Status s = ValidateEvent(events[i], options_.limits); !s.ok()) {
-        done(absl::Status(s.code(), absl::StrCat("events[", i, "]: ", s.message())));
-        return;
-      }
-      if (options_.authorizer != nullptr) {
-        if (absl::Status s = options_.authorizer->CanPublish(who, events[i]); !s.ok()) {
-          done(absl::Status(s.code(), absl::StrCat("events[", i, "]: ", s.message())));
-          return;
-        }
-      }
-    }
-    const std::string publisher = who.SpiffeId();
-    std::shared_ptr<const Routes> snapshot = Snapshot();
-    absl::Time now = clock_->Now();
+    PublishBatch(who, EventBatch(std::move(events)), std::move(done));
+  }
 
-    std::vector<const RouteResult*> routes(events.size());
-    bool any_captured = false;
-    for (size_t i = 0; i < events.size(); ++i) {
-      routes[i] = &Route(*snapshot, events[i].subject());
-      any_captured = any_captured || routes[i]->stream != nullptr;
-    }
-
-    if (!any_captured) {
-      // Nothing to store: route to live subscribers and answer at once.
-      Fanout fanout;
-      for (size_t i = 0; i < events.size(); ++i) {
-        if (routes[i]->live.empty()) continue;
-        auto m = std::make_shared<Message>();
-        m->publish_time = now;
-        m->event = std::move(events[i]);
-        m->event.set_publisher(publisher);
-        fanout.Add(routes[i]->live, m);
-      }
-      fanout.Flush();
-      done(std::vector<PublishResult>(events.size()));
-      return;
-    }
-
-    auto state = std::make_shared<PublishState>();
-    state->snapshot = std::move(snapshot);
-    state->routes = std::move(routes);
-    state->results.resize(events.size());
-    state->done = std::move(done);
-    for (Event& e : events) e.set_publisher(publisher);
-    state->events = std::move(events);
-
-    // Group captured events per stream, keeping their order.
-    std::map<const std::string*, std::vector<size_t>> per_stream;
-    std::vector<size_t> uncaptured;
-    for (size_t i = 0; i < state->events.size(); ++i) {
-      if (state->routes[i]->stream != nullptr) {
-        per_stream[state->routes[i]->stream].push_back(i);
-      } else {
-        uncaptured.push_back(i);
-      }
-    }
-    // Uncaptured events of a mixed batch are routed right away.
-    if (!uncaptured.empty()) {
-      Fanout fanout;
-      for (size_t i : uncaptured) {
-        if (state->routes[i]->live.empty()) continue;
-        auto m = std::make_shared<Message>();
-        m->publish_time = now;
-        m->event = state->events[i];
-        fanout.Add(state->routes[i]->live, m);
-      }
-      fanout.Flush();
-    }
-    state->pending = static_cast<int>(per_stream.size());
-    for (auto& [stream, indexes] : per_stream) {
-      std::vector<std::string> payloads(indexes.size());
-      std::vector<AppendRecord> records(indexes.size());
-      for (size_t k = 0; k < indexes.size(); ++k) {
-        const Event& e = state->events[indexes[k]];
-        e.SerializeToString(&payloads[k]);
-        records[k] = AppendRecord{e.subject(), payloads[k]};
-      }
-      const std::string& name = *stream;
-      backend_->Append(name, records,
-                       [this, state, name, idx = indexes](absl::StatusOr<uint64_t> first,
-                                                          absl::Time stored_at) {
-                         OnAppended(*state, name, idx, first, stored_at);
-                         FinishOne(state);
-                       });
-    }
+  void PublishSharedAsync(const Principal& who,
+                          std::vector<std::shared_ptr<const Event>> events,
+                          PublishCallback done) override {
+    PublishBatch(who, EventBatch(std::move(events)), std::move(done));
   }
 
   absl::StatusOr<std::unique_ptr<Subscription>> Subscribe(
@@ -484,8 +518,8 @@ class BusImpl final : public Bus {
       Track(id, sub.get());
       return sub;
     }
-    auto queue = std::make_shared<LiveQueue>(o.queue_depth ? o.queue_depth
-                                                           : options_.live_queue_depth);
+    auto queue = std::make_shared<LiveQueue>(
+        o.queue_depth ? o.queue_depth : options_.live_queue_depth, Metrics().live_dropped);
     auto sub = std::make_unique<LiveSubscription>(this, id, queue);
     {
       absl::MutexLock lock(&admin_mu_);
@@ -584,6 +618,7 @@ class BusImpl final : public Bus {
 
   absl::Status Close() override {
     if (closed_.exchange(true)) return absl::OkStatus();
+    live_depth_.Reset();  // waits for a scrape evaluating it
     {
       std::lock_guard<std::mutex> lock(hk_mu_);
       hk_stop_ = true;
@@ -597,6 +632,120 @@ class BusImpl final : public Bus {
       }
     }
     return backend_->Close();
+  }
+
+  // Runs `start` with a callback and waits for it.
+  template <typename Start>
+  static absl::StatusOr<std::vector<PublishResult>> Wait(Start start) {
+    absl::Notification done;
+    absl::StatusOr<std::vector<PublishResult>> result;
+    start([&](absl::StatusOr<std::vector<PublishResult>> r) {
+      result = std::move(r);
+      done.Notify();
+    });
+    done.WaitForNotification();
+    return result;
+  }
+
+  void PublishBatch(const Principal& who, EventBatch batch, PublishCallback done) {
+    if (closed_.load(std::memory_order_acquire)) {
+      done(absl::UnavailableError("the bus is closed"));
+      return;
+    }
+    const size_t n = batch.size();
+    if (n == 0) {
+      done(absl::InvalidArgumentError("no events to publish"));
+      return;
+    }
+    const std::string publisher = who.SpiffeId();
+    for (size_t i = 0; i < n; ++i) {
+      const Event& e = batch.at(i);
+      if (absl::Status s = ValidateEvent(e, options_.limits); !s.ok()) {
+        done(absl::Status(s.code(), absl::StrCat("events[", i, "]: ", s.message())));
+        return;
+      }
+      if (batch.is_shared() && e.publisher() != publisher) {
+        done(absl::InvalidArgumentError(absl::StrCat(
+            "events[", i, "]: event.publisher: \"", e.publisher(),
+            "\" is not the publishing principal ", publisher,
+            "; shared events must carry their publisher (EventBuilder::Publisher)")));
+        return;
+      }
+      if (options_.authorizer != nullptr) {
+        if (absl::Status s = options_.authorizer->CanPublish(who, e); !s.ok()) {
+          done(absl::Status(s.code(), absl::StrCat("events[", i, "]: ", s.message())));
+          return;
+        }
+      }
+    }
+    if (!batch.is_shared()) {
+      for (size_t i = 0; i < n; ++i) batch.mutable_owned(i).set_publisher(publisher);
+    }
+    std::shared_ptr<const Routes> snapshot = Snapshot();
+    absl::Time now = clock_->Now();
+
+    std::vector<const RouteResult*> routes(n);
+    bool any_captured = false;
+    for (size_t i = 0; i < n; ++i) {
+      routes[i] = &Route(*snapshot, batch.at(i).subject());
+      any_captured = any_captured || routes[i]->stream != nullptr;
+    }
+
+    // Uncaptured events go to live subscribers at once.
+    Fanout fanout;
+    size_t uncaptured = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (routes[i]->stream != nullptr) continue;
+      ++uncaptured;
+      if (!routes[i]->live.empty()) {
+        fanout.Add(routes[i]->live, batch.TakeMessage(i, std::string(), 0, now));
+      }
+    }
+    fanout.Flush();
+    if (uncaptured > 0) Metrics().published_uncaptured.Add(uncaptured);
+    if (!any_captured) {
+      done(std::vector<PublishResult>(n));
+      return;
+    }
+
+    // Captured events: append per stream (keeping order), deliver when durable.
+    auto state = std::make_shared<PublishState>(std::move(batch));
+    state->snapshot = std::move(snapshot);
+    state->routes = std::move(routes);
+    state->results.resize(n);
+    state->done = std::move(done);
+    std::map<const std::string*, std::vector<size_t>> per_stream;
+    for (size_t i = 0; i < n; ++i) {
+      if (state->routes[i]->stream != nullptr) {
+        per_stream[state->routes[i]->stream].push_back(i);
+      }
+    }
+    state->pending = static_cast<int>(per_stream.size());
+    const auto start = std::chrono::steady_clock::now();
+    for (auto& [stream, indexes] : per_stream) {
+      std::vector<AppendRecord> records(indexes.size());
+      for (size_t k = 0; k < indexes.size(); ++k) {
+        const Event& e = state->batch.at(indexes[k]);
+        records[k] = AppendRecord{e.subject(), &e};
+      }
+      const std::string& name = *stream;
+      auto counter = state->snapshot->published.find(stream);
+      Counter published =
+          counter != state->snapshot->published.end() ? counter->second : Counter();
+      backend_->Append(name, records,
+                       [this, state, name, idx = indexes, published, start](
+                           absl::StatusOr<uint64_t> first, absl::Time stored_at) {
+                         if (first.ok()) {
+                           published.Add(idx.size());
+                           Metrics().publish_seconds.Observe(
+                               std::chrono::duration<double>(
+                                   std::chrono::steady_clock::now() - start)
+                                   .count());
+                         }
+                         OnAppended(*state, name, idx, first, stored_at);
+                         FinishOne(state);
+                       });
+    }
   }
 
   // Called by subscriptions when destroyed.
@@ -648,6 +797,8 @@ class BusImpl final : public Bus {
     }
     for (const auto& [name, config] : stream_configs_) {
       r->stream_names.push_back(std::make_unique<std::string>(name));
+      r->published.emplace(r->stream_names.back().get(),
+                           Metrics().published.WithLabels({name}));
       for (const std::string& p : config.subjects) {
         r->streams.Insert(p, r->stream_names.back().get());
       }
@@ -670,12 +821,8 @@ class BusImpl final : public Bus {
       state.results[i] = PublishResult{stream, *first + k};
       const RouteResult& route = *state.routes[i];
       if (route.live.empty()) continue;
-      auto m = std::make_shared<Message>();
-      m->stream = stream;
-      m->sequence = *first + k;
-      m->publish_time = stored_at;  // exactly what the log stored
-      m->event = std::move(state.events[i]);
-      fanout.Add(route.live, m);
+      // Exactly the publish time the log stored.
+      fanout.Add(route.live, state.batch.TakeMessage(i, stream, *first + k, stored_at));
     }
     fanout.Flush();
   }
@@ -725,6 +872,7 @@ class BusImpl final : public Bus {
   std::condition_variable hk_cv_;
   bool hk_stop_ = false;
   std::thread housekeeper_;
+  GaugeCallback live_depth_;  // cityos_bus_live_queue_depth share of this bus
 };
 
 LiveSubscription::~LiveSubscription() {
@@ -750,6 +898,7 @@ absl::StatusOr<std::unique_ptr<Bus>> Bus::Open(BusOptions options) {
   }
   auto bus = std::make_unique<BusImpl>(std::move(options), std::move(backend));
   CITYOS_RETURN_IF_ERROR(bus->Init());
+  bus->RegisterMetrics();
   return std::unique_ptr<Bus>(std::move(bus));
 }
 

@@ -16,29 +16,36 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "cityos/bus.h"
+#include "cityos/metrics.h"
 
 namespace cityos::bus_internal {
 
 class LiveQueue {
  public:
-  explicit LiveQueue(size_t capacity) : ring_(capacity) {}
+  // `dropped` counts events dropped because the queue was full (for the
+  // process metrics); a default Counter counts nothing.
+  explicit LiveQueue(size_t capacity, Counter dropped = Counter())
+      : ring_(capacity), dropped_(dropped) {}
 
   // Pushes what fits; counts the rest as missed. Never blocks for long.
   void Push(absl::Span<const MessagePtr> messages) {
     bool wake;
+    uint64_t dropped = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!end_.ok() || closed_) return;
       for (const MessagePtr& m : messages) {
         if (size_ == ring_.size()) {
-          ++missed_;
+          ++dropped;
           continue;
         }
         ring_[(head_ + size_) % ring_.size()] = m;
         ++size_;
       }
+      missed_ += dropped;
       wake = waiting_;
     }
+    if (dropped > 0) dropped_.Add(dropped);
     if (wake) cv_.notify_one();
   }
 
@@ -108,6 +115,7 @@ class LiveQueue {
   bool waiting_ = false;
   bool closed_ = false;
   absl::Status end_;  // OK while active
+  const Counter dropped_;
 };
 
 }  // namespace cityos::bus_internal

@@ -347,15 +347,28 @@ class LogBackend final : public BusBackend {
       done(s.status(), absl::InfinitePast());
       return;
     }
-    std::vector<std::string> encoded(records.size());
-    std::vector<std::string_view> views(records.size());
+    // One buffer for the whole batch; each event serialized once, in place.
+    std::vector<size_t> sizes(records.size());
+    size_t total = 0;
     for (size_t i = 0; i < records.size(); ++i) {
-      std::string& e = encoded[i];
-      e.reserve(5 + records[i].subject.size() + records[i].payload.size());
-      PutVarint32(&e, static_cast<uint32_t>(records[i].subject.size()));
-      e.append(records[i].subject);
-      e.append(records[i].payload);
-      views[i] = e;
+      sizes[i] = records[i].event->ByteSizeLong();
+      total += 5 + records[i].subject.size() + sizes[i];
+    }
+    std::string buf;
+    buf.reserve(total);
+    std::vector<size_t> ends(records.size());
+    for (size_t i = 0; i < records.size(); ++i) {
+      PutVarint32(&buf, static_cast<uint32_t>(records[i].subject.size()));
+      buf.append(records[i].subject);
+      size_t at = buf.size();
+      buf.resize(at + sizes[i]);
+      records[i].event->SerializeWithCachedSizesToArray(
+          reinterpret_cast<uint8_t*>(buf.data() + at));
+      ends[i] = buf.size();
+    }
+    std::vector<std::string_view> views(records.size());
+    for (size_t i = 0, start = 0; i < records.size(); start = ends[i], ++i) {
+      views[i] = std::string_view(buf).substr(start, ends[i] - start);
     }
     (*s)->log->AppendAsyncTimed(
         views, [done = std::move(done)](absl::StatusOr<uint64_t> first, absl::Time t) mutable {

@@ -186,6 +186,10 @@ EventBuilder& EventBuilder::Extension(std::string_view name, std::string_view va
   (*event_.mutable_extensions())[std::string(name)] = std::string(value);
   return *this;
 }
+EventBuilder& EventBuilder::Publisher(std::string_view spiffe_id) {
+  event_.set_publisher(std::string(spiffe_id));
+  return *this;
+}
 EventBuilder& EventBuilder::ProtoData(const google::protobuf::Message& payload) {
   event_.mutable_proto_data()->PackFrom(payload);
   if (!type_set_) event_.set_type(payload.GetDescriptor()->full_name());

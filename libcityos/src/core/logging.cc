@@ -9,6 +9,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "cityos/trace.h"
 #include "core/strings.h"
 
 namespace cityos {
@@ -58,6 +59,10 @@ void SetLogOptions(LogFormat format, LogLevel min_level) {
   g_min_level.store(min_level);
 }
 
+bool LogEnabled(LogLevel level) {
+  return level >= g_min_level.load(std::memory_order_relaxed);
+}
+
 absl::StatusOr<LogLevel> ParseLogLevel(std::string_view s) {
   std::string l = absl::AsciiStrToLower(AV(s));
   if (l == "debug") return LogLevel::kDebug;
@@ -80,6 +85,7 @@ std::string FormatLogRecord(LogFormat format, absl::Time time, LogLevel level,
                             std::string_view component, std::string_view msg,
                             std::initializer_list<LogField> fields) {
   std::string ts = absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", time, absl::UTCTimeZone());
+  const TraceContext& trace = CurrentTraceContext();
   if (format == LogFormat::kJson) {
     nlohmann::ordered_json j;
     j["ts"] = ts;
@@ -87,11 +93,18 @@ std::string FormatLogRecord(LogFormat format, absl::Time time, LogLevel level,
     j["component"] = std::string(component);
     j["msg"] = std::string(msg);
     for (const LogField& f : fields) j[std::string(f.key)] = f.value;
+    if (trace.valid()) {
+      j["trace_id"] = trace.TraceIdHex();
+      j["span_id"] = trace.SpanIdHex();
+    }
     return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   }
   std::string line = absl::StrCat(ts, " ", absl::AsciiStrToUpper(LevelName(level)), " [",
                                   AV(component), "] ", AV(msg));
   for (const LogField& f : fields) absl::StrAppend(&line, " ", AV(f.key), "=", TextValue(f.value));
+  if (trace.valid()) {
+    absl::StrAppend(&line, " trace_id=", trace.TraceIdHex(), " span_id=", trace.SpanIdHex());
+  }
   return line;
 }
 

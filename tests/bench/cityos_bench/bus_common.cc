@@ -13,10 +13,10 @@ namespace cityos::bench {
 
 const Principal& BenchPrincipal() {
   static const Principal* p =
-      new Principal{.trust_domain = "bench.cityos.example",
+      new Principal{.trust_domain = "bench.city",
                     .org = "bench",
                     .kind = PrincipalKind::kService,
-                    .name = "publisher",
+                    .name = "pub",
                     .roles = {"admin"}};
   return *p;
 }
@@ -62,10 +62,16 @@ void WaitIdleOrDie(Window& window, std::string_view what) {
   }
 }
 
+std::vector<std::shared_ptr<const event::v1::Event>> SharedBatch(
+    const std::shared_ptr<const event::v1::Event>& event, size_t n) {
+  return std::vector<std::shared_ptr<const event::v1::Event>>(n, event);
+}
+
 absl::StatusOr<uint64_t> Prefill(BenchContext& ctx, Bus& bus,
                                  const event::v1::Event& event,
                                  uint64_t events) {
   const size_t batch = ctx.options().batch;
+  const auto shared = std::make_shared<const event::v1::Event>(event);
   Window window(8);
   std::atomic<uint64_t> acked{0};
   absl::Mutex mu;
@@ -75,7 +81,7 @@ absl::StatusOr<uint64_t> Prefill(BenchContext& ctx, Bus& bus,
   while (sent < events && absl::Now() < deadline) {
     size_t n = static_cast<size_t>(std::min<uint64_t>(batch, events - sent));
     window.Acquire();
-    bus.PublishAsync(BenchPrincipal(), std::vector<event::v1::Event>(n, event),
+    bus.PublishSharedAsync(BenchPrincipal(), SharedBatch(shared, n),
                      [&, n](absl::StatusOr<std::vector<PublishResult>> r) {
                        if (r.ok()) {
                          acked += n;

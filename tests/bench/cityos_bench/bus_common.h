@@ -39,6 +39,10 @@ class ScopedBus {
   std::unique_ptr<Bus> bus_;
 };
 
+// `n` references to one shared event (for Bus::PublishShared*).
+std::vector<std::shared_ptr<const event::v1::Event>> SharedBatch(
+    const std::shared_ptr<const event::v1::Event>& event, size_t n);
+
 // Waits until every slot of `window` is free; aborts the run after 120 s (a
 // hung bus), since pending callbacks refer to the caller's stack.
 void WaitIdleOrDie(Window& window, std::string_view what);

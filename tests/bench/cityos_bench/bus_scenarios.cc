@@ -41,6 +41,7 @@ absl::StatusOr<FanOutFigures> BusFanOut(BenchContext& ctx, int subscribers) {
   const std::string subject = "bench.inproc.reading.zone1";
   absl::StatusOr<Event> event = ctx.SampleEvent(subject);
   if (!event.ok()) return event.status();
+  const auto shared = std::make_shared<const Event>(*event);
   absl::StatusOr<std::unique_ptr<ScopedBus>> scoped =
       ScopedBus::Open(ctx, "inproc");
   if (!scoped.ok()) return scoped.status();
@@ -104,7 +105,7 @@ absl::StatusOr<FanOutFigures> BusFanOut(BenchContext& ctx, int subscribers) {
     size_t n = static_cast<size_t>(
         std::min<uint64_t>(batch, ctx.options().events - f.published));
     absl::StatusOr<std::vector<PublishResult>> r =
-        bus.Publish(BenchPrincipal(), std::vector<Event>(n, *event));
+        bus.PublishShared(BenchPrincipal(), SharedBatch(shared, n));
     if (!r.ok()) {
       publish_error = r.status();
       break;
@@ -180,6 +181,7 @@ absl::StatusOr<Result> RunDurable(BenchContext& ctx, Durability mode,
   const std::string subject = "bench.durable.reading.zone1";
   absl::StatusOr<Event> event = ctx.SampleEvent(subject);
   if (!event.ok()) return event.status();
+  const auto shared = std::make_shared<const Event>(*event);
   absl::StatusOr<std::unique_ptr<ScopedBus>> scoped =
       ScopedBus::Open(ctx, absl::StrCat("durable-", DurabilityName(mode)));
   if (!scoped.ok()) return scoped.status();
@@ -209,11 +211,10 @@ absl::StatusOr<Result> RunDurable(BenchContext& ctx, Durability mode,
       while (sent < per_publisher && NowNanos() < stop_at) {
         size_t n = static_cast<size_t>(
             std::min<uint64_t>(o.batch, per_publisher - sent));
-        std::vector<Event> events(n, *event);
         window.Acquire();
         const int64_t t0 = NowNanos();
-        bus.PublishAsync(
-            BenchPrincipal(), std::move(events),
+        bus.PublishSharedAsync(
+            BenchPrincipal(), SharedBatch(shared, n),
             [&, n, t0](absl::StatusOr<std::vector<PublishResult>> r) {
               const int64_t now = NowNanos();
               if (r.ok()) {
@@ -298,7 +299,7 @@ absl::StatusOr<Result> RunReplay(BenchContext& ctx) {
     }
     delivered += got.size();
     for (const Delivery& d : got)
-      bytes += d.message->event.binary_data().size();
+      bytes += d.message->event().binary_data().size();
   }
   const int64_t nanos = NowNanos() - start;
   (*sub)->Close();
@@ -341,6 +342,7 @@ absl::StatusOr<Result> RunStalledSubscriber(BenchContext& ctx) {
   const std::string subject = "bench.memory.reading.zone1";
   absl::StatusOr<Event> event = ctx.SampleEvent(subject);
   if (!event.ok()) return event.status();
+  const auto shared = std::make_shared<const Event>(*event);
   absl::StatusOr<std::unique_ptr<ScopedBus>> scoped =
       ScopedBus::Open(ctx, "memory");
   if (!scoped.ok()) return scoped.status();
@@ -399,7 +401,7 @@ absl::StatusOr<Result> RunStalledSubscriber(BenchContext& ctx) {
     size_t n =
         static_cast<size_t>(std::min<uint64_t>(batch, events - published));
     absl::StatusOr<std::vector<PublishResult>> r =
-        bus.Publish(BenchPrincipal(), std::vector<Event>(n, *event));
+        bus.PublishShared(BenchPrincipal(), SharedBatch(shared, n));
     if (!r.ok()) {
       publish_error = r.status();
       break;

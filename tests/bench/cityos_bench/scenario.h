@@ -39,6 +39,11 @@ namespace cityos::bench {
 
 class NatsServer;
 
+// SPIFFE id of BenchPrincipal(); sample events carry it as their publisher so
+// they can be published shared (Bus::PublishShared).
+inline constexpr char kBenchPublisher[] =
+    "spiffe://bench.city/org/bench/svc/pub";
+
 // Command-line settings shared by every scenario.
 struct BenchOptions {
   // Events each measurement publishes (or stores before a replay), at most.
