@@ -15,7 +15,6 @@ namespace {
 
 constexpr char kName[] = "bus";
 // Trust domain of the node's own principal until the mesh assigns one.
-constexpr char kLocalTrustDomain[] = "local";
 
 absl::StatusOr<size_t> PositiveInt(const ConfigNode& section, std::string_view key,
                                    size_t fallback, int64_t max) {
@@ -48,10 +47,8 @@ class BusPlugin final : public ServicePlugin {
     if (bus == nullptr) return absl::FailedPreconditionError("the node has no bus");
     PrincipalResolver resolver = resolver_;
     if (!resolver) {
-      Principal self = Principal::Node(kLocalTrustDomain, context.node().name);
-      LogWarn(kName, "no caller authentication: every BusService call acts as the node",
-              {{"principal", self.SpiffeId()}});
-      resolver = [self](grpc::ServerContext*) -> absl::StatusOr<Principal> { return self; };
+      // The node authenticates callers (mTLS client certificates).
+      resolver = [&context](grpc::ServerContext* call) { return context.Authenticate(*call); };
     }
     service_ = std::make_unique<BusServiceImpl>(bus, std::move(resolver), options_);
     return absl::OkStatus();

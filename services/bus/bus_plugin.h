@@ -16,11 +16,9 @@
 //                                # request says 0
 //         publish_window: 64     # PublishStream batches outstanding per call
 //
-// Caller identity: until the service mesh (mTLS) lands the node serves
-// plaintext and there is NO caller authentication: by default every call acts
-// as the node's own principal (spiffe://local/org/node/svc/<node name>). The
-// mesh supplies a PrincipalResolver that reads the verified client
-// certificate instead.
+// Caller identity: by default each call's principal comes from
+// PluginContext::Authenticate (the node's caller authentication); tests may
+// pass their own PrincipalResolver.
 #ifndef CITYOS_SERVICES_BUS_BUS_PLUGIN_H_
 #define CITYOS_SERVICES_BUS_BUS_PLUGIN_H_
 

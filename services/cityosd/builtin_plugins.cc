@@ -2,6 +2,7 @@
 
 #include "bus_plugin.h"
 #include "cityos/status.h"
+#include "registry_plugin.h"
 
 namespace cityos {
 
@@ -9,6 +10,7 @@ absl::Status RegisterBuiltinPlugins(PluginRegistry& registry) {
   // Each plug-in's RegisterXxxPlugin() is called here, one line each, as the
   // plug-ins land (bus, registry, exchange, infobank, carbon, trading).
   CITYOS_RETURN_IF_ERROR(RegisterBusPlugin(registry));
+  CITYOS_RETURN_IF_ERROR(RegisterRegistryPlugin(registry));
   return absl::OkStatus();
 }
 

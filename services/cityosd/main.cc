@@ -1,12 +1,13 @@
 // cityosd: the all-in-one cityos node. Thin: flags, config, Node, signals.
 //
 //   cityosd --config config/demo-city.yaml
-//   cityosd --config node.yaml --check      # validate the config and exit
+//   cityosd --config node.yaml --check      # validate the config (and TLS files) and exit
 //   cityosd repair-log <data_dir>/bus/<stream>   # after a DATA_LOSS refusal
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
 #include "absl/strings/str_join.h"
@@ -75,7 +76,11 @@ int main(int argc, char** argv) {
   if (!root.ok()) return Fail(kExitConfig, root.status());
   auto config = cityos::ParseNodeConfig(*root, registry);
   if (!config.ok()) return Fail(kExitConfig, config.status());
-  if (!data_dir.empty()) config->info.data_dir = data_dir;
+  if (!data_dir.empty()) {
+    // Absolute, like node.data_dir: `tls: auto` writes these paths into the
+    // cityosctl context file.
+    config->info.data_dir = std::filesystem::absolute(data_dir).lexically_normal().string();
+  }
   if (!listen.empty()) config->info.listen_address = listen;
   cityos::SetLogOptions(config->log_format, config->log_level);
 

@@ -13,15 +13,82 @@
 #include "absl/synchronization/mutex.h"
 #include "bus_config.h"
 #include "cityos/bus.h"
+#include "cityos/ca.h"
 #include "cityos/clock.h"
+#include "cityos/metrics.h"
+#include "cityos/observability.h"
 #include "cityos/principal.h"
 #include "cityos/status.h"
+#include "cityos/tls.h"
 
 namespace cityos {
 namespace {
 
-// Trust domain of the node's own principal until the mesh assigns one.
-constexpr char kLocalTrustDomain[] = "local";
+constexpr char kTlsHelp[] =
+    "required: certificate files ({ca, cert, key, crl, reload_interval}), `auto` for a "
+    "development PKI in <data_dir>/pki, or `insecure: true` for plaintext without caller "
+    "authentication (see docs/security.md)";
+
+// Host part of "host:port" ("[::1]:7443" -> "[::1]").
+std::string HostOf(const std::string& address) { return address.substr(0, address.rfind(':')); }
+
+// Checks a SPIFFE path segment (trust domain, org) as principals do.
+absl::Status CheckSegment(const ConfigNode& node, const char* key, const std::string& value) {
+  std::string id = std::string(key) == "trust_domain"
+                       ? absl::StrCat("spiffe://", value, "/org/x/svc/x")
+                       : absl::StrCat("spiffe://x/org/", value, "/svc/x");
+  if (!Principal::FromSpiffeId(id).ok()) {
+    return node.Error(key, absl::StrCat("\"", value,
+                                        "\" must be 1-128 characters of [A-Za-z0-9._-]"));
+  }
+  return absl::OkStatus();
+}
+
+// Parses node.trust_domain, node.org, node.tls and node.insecure.
+absl::Status ParseTransport(const ConfigNode& node, NodeConfig& config) {
+  CITYOS_ASSIGN_OR_RETURN(config.trust_domain, node.GetString("trust_domain", "local"));
+  CITYOS_RETURN_IF_ERROR(CheckSegment(node, "trust_domain", config.trust_domain));
+  CITYOS_ASSIGN_OR_RETURN(config.org, node.GetString("org", "city"));
+  CITYOS_RETURN_IF_ERROR(CheckSegment(node, "org", config.org));
+  CITYOS_ASSIGN_OR_RETURN(bool insecure, node.GetBool("insecure", false));
+  if (!node.Has("tls")) {
+    if (!insecure) return node.Error("tls", kTlsHelp);
+    config.security = TransportSecurity::kInsecure;
+    return absl::OkStatus();
+  }
+  if (insecure) {
+    return node.Error("insecure", "cannot be combined with node.tls: choose one");
+  }
+  if (auto mode = node.GetString("tls"); mode.ok()) {
+    if (*mode != "auto") {
+      return node.Error("tls", absl::StrCat("\"", *mode, "\" is not `auto`; ", kTlsHelp));
+    }
+    config.security = TransportSecurity::kAutoTls;
+    return absl::OkStatus();
+  }
+  CITYOS_ASSIGN_OR_RETURN(ConfigNode tls, node.Child("tls"));
+  CITYOS_RETURN_IF_ERROR(tls.CheckKeys({"ca", "cert", "key", "crl", "reload_interval"}));
+  auto path = [&](const char* key, bool required) -> absl::StatusOr<std::string> {
+    absl::StatusOr<std::string> v = required ? tls.GetString(key) : tls.GetString(key, "");
+    if (!v.ok() || v->empty()) {
+      if (required && v.ok()) return tls.Error(key, "must not be empty");
+      return v;
+    }
+    return std::filesystem::absolute(*v).lexically_normal().string();
+  };
+  config.security = TransportSecurity::kTls;
+  CITYOS_ASSIGN_OR_RETURN(config.tls.ca_file, path("ca", true));
+  CITYOS_ASSIGN_OR_RETURN(config.tls.cert_file, path("cert", true));
+  CITYOS_ASSIGN_OR_RETURN(config.tls.key_file, path("key", true));
+  CITYOS_ASSIGN_OR_RETURN(config.tls.crl_file, path("crl", false));
+  CITYOS_ASSIGN_OR_RETURN(config.tls.reload_interval,
+                          tls.GetDuration("reload_interval", absl::Seconds(10)));
+  if (config.tls.reload_interval < absl::Seconds(1)) {
+    return tls.Error("reload_interval", "must be at least 1s");
+  }
+  config.tls.trust_domain = config.trust_domain;
+  return absl::OkStatus();
+}
 
 absl::Status CheckListenAddress(const ConfigNode& node, const std::string& addr) {
   size_t colon = addr.rfind(':');
@@ -56,7 +123,18 @@ class NodeImpl final : public Node, private PluginContext {
           "data dir ", info_.data_dir, ": cannot be created: ", ec.message()));
     }
     ::chmod(info_.data_dir.c_str(), 0700);
+    absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeCredentials();
+    if (!credentials.ok()) return Annotate(credentials.status(), "node.tls");
     CITYOS_RETURN_IF_ERROR(OpenBus());
+    if (!config_.metrics_listen.empty()) {
+      auto http = MetricsHttpServer::Start(config_.metrics_listen, MetricsRegistry::Global());
+      if (!http.ok()) {
+        CloseBus();
+        return Annotate(http.status(), "node.metrics_listen");
+      }
+      metrics_http_ = *std::move(http);
+      LogInfo("node", "metrics endpoint", {{"address", metrics_http_->address()}});
+    }
 
     for (size_t i = 0; i < plugins_.size(); ++i) {
       ServicePlugin& p = *plugins_[i];
@@ -72,10 +150,10 @@ class NodeImpl final : public Node, private PluginContext {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
+    // RPC counts and latencies per method and code; traceparent into logs.
+    AddServerObservability(builder, MetricsRegistry::Global());
     int port = 0;
-    // Plaintext until the service mesh (mTLS) lands; see docs/security.md.
-    builder.AddListeningPort(config_.info.listen_address, grpc::InsecureServerCredentials(),
-                             &port);
+    builder.AddListeningPort(config_.info.listen_address, *credentials, &port);
     for (auto& p : plugins_) {
       for (const HostedService& hs : p->Services()) {
         builder.RegisterService(hs.service);
@@ -98,6 +176,7 @@ class NodeImpl final : public Node, private PluginContext {
     grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
     health->SetServingStatus("", true);
     for (const std::string& name : hosted_) health->SetServingStatus(name, true);
+    if (config_.security == TransportSecurity::kAutoTls) WriteClientContext();
     return absl::OkStatus();
   }
 
@@ -123,6 +202,12 @@ class NodeImpl final : public Node, private PluginContext {
     StopPlugins(started_);
     started_ = 0;
     CloseBus();
+    // Last, so the node can be scraped while it drains.
+    if (metrics_http_ != nullptr) metrics_http_->Stop();
+  }
+
+  std::string metrics_address() const override {
+    return metrics_http_ != nullptr ? metrics_http_->address() : std::string();
   }
 
  private:
@@ -130,6 +215,73 @@ class NodeImpl final : public Node, private PluginContext {
   const NodeInfo& node() const override { return info_; }
   Clock* clock() override { return clock_; }
   Bus* bus() override { return bus_.get(); }
+  absl::StatusOr<Principal> Authenticate(const grpc::ServerContext& call) override {
+    if (config_.security == TransportSecurity::kInsecure) {
+      // Plaintext: no caller identity exists; every call acts as the node.
+      return Principal::Node(config_.trust_domain, info_.name);
+    }
+    return PeerPrincipal(call);
+  }
+
+  // The server credentials of the configured transport; for `tls: auto`,
+  // creates or reuses the development PKI first.
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials() {
+    switch (config_.security) {
+      case TransportSecurity::kInsecure:
+        LogWarn("node",
+                "insecure: plaintext transport and no caller authentication; every call "
+                "acts as the node (node.insecure: true)",
+                {{"listen", config_.info.listen_address},
+                 {"acts_as", Principal::Node(config_.trust_domain, info_.name).SpiffeId()}});
+        return grpc::InsecureServerCredentials();
+      case TransportSecurity::kAutoTls: {
+        std::string dir = (std::filesystem::path(info_.data_dir) / "pki").string();
+        CITYOS_ASSIGN_OR_RETURN(dev_pki_, EnsureDevPki({.dir = dir,
+                                                        .trust_domain = config_.trust_domain,
+                                                        .org = config_.org,
+                                                        .listen_host = HostOf(
+                                                            config_.info.listen_address)}));
+        LogInfo("node", dev_pki_.created ? "development PKI created" : "development PKI reused",
+                {{"dir", dir}, {"spiffe_id", dev_pki_.node_spiffe_id}});
+        tls_ = TlsConfig{.ca_file = dev_pki_.ca_file,
+                         .cert_file = dev_pki_.node_cert_file,
+                         .key_file = dev_pki_.node_key_file,
+                         .crl_file = dev_pki_.crl_file,
+                         .trust_domain = config_.trust_domain};
+        return MakeServerCredentials(tls_);
+      }
+      case TransportSecurity::kTls:
+        tls_ = config_.tls;
+        return MakeServerCredentials(tls_);
+    }
+    return absl::InternalError("unknown transport security");
+  }
+
+  // `tls: auto`: adds (or replaces) the context named after the node in the
+  // cityosctl context file and makes it current. A failure is logged, not
+  // fatal: the node serves either way.
+  void WriteClientContext() {
+    absl::StatusOr<std::string> path = ClientConfigPath();
+    std::string host = HostOf(info_.listen_address);
+    if (host.empty() || host == "0.0.0.0") host = "127.0.0.1";
+    if (host == "[::]") host = "[::1]";
+    ClientContext context{.name = info_.name,
+                          .endpoint = absl::StrCat(host, info_.listen_address.substr(
+                                                             info_.listen_address.rfind(':'))),
+                          .trust_domain = config_.trust_domain,
+                          .ca = dev_pki_.ca_file,
+                          .cert = dev_pki_.admin_cert_file,
+                          .key = dev_pki_.admin_key_file,
+                          .server_id = dev_pki_.node_spiffe_id};
+    absl::Status s = path.ok() ? SaveClientContext(*path, context) : path.status();
+    if (!s.ok()) {
+      LogWarn("node", "cannot write the cityosctl context file",
+              {{"error", std::string(s.message())}});
+      return;
+    }
+    LogInfo("node", "cityosctl context written",
+            {{"file", *path}, {"context", context.name}, {"endpoint", context.endpoint}});
+  }
   absl::StatusOr<std::string> PluginDataDir(std::string_view plugin) override {
     std::filesystem::path dir = std::filesystem::path(info_.data_dir) / plugin;
     std::error_code ec;
@@ -151,7 +303,7 @@ class NodeImpl final : public Node, private PluginContext {
         Bus::Open(MakeBusOptions(bus_config_, dir, clock_));
     if (!bus.ok()) return Annotate(bus.status(), "bus");
     bus_ = *std::move(bus);
-    const Principal self = Principal::Node(kLocalTrustDomain, info_.name);
+    const Principal self = Principal::Node(config_.trust_domain, info_.name);
     for (const StreamConfig& stream : bus_config_.streams) {
       if (auto info = bus_->CreateStream(self, stream); !info.ok()) {
         CloseBus();
@@ -184,9 +336,13 @@ class NodeImpl final : public Node, private PluginContext {
 
   NodeConfig config_;
   NodeInfo info_;
+  // The TLS files in use (kTls, kAutoTls) and the dev PKI (kAutoTls).
+  TlsConfig tls_;
+  DevPki dev_pki_;
   BusNodeConfig bus_config_;
   // Outlives the plug-ins (declared before them), which may hold Bus*.
   std::unique_ptr<Bus> bus_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
   bool bus_closed_ = false;
   std::vector<std::unique_ptr<ServicePlugin>> plugins_;
   Clock* clock_;
@@ -205,10 +361,16 @@ absl::StatusOr<NodeConfig> ParseNodeConfig(const ConfigNode& root,
   NodeConfig config;
   CITYOS_ASSIGN_OR_RETURN(ConfigNode node, root.Child("node"));
   CITYOS_RETURN_IF_ERROR(node.CheckKeys(
-      {"name", "listen", "data_dir", "log_format", "log_level", "shutdown_grace"}));
+      {"name", "listen", "data_dir", "log_format", "log_level", "shutdown_grace",
+       "trust_domain", "org", "tls", "insecure", "metrics_listen"}));
   CITYOS_ASSIGN_OR_RETURN(config.info.name, node.GetString("name"));
   CITYOS_ASSIGN_OR_RETURN(config.info.listen_address, node.GetString("listen"));
   CITYOS_RETURN_IF_ERROR(CheckListenAddress(node, config.info.listen_address));
+  CITYOS_ASSIGN_OR_RETURN(config.metrics_listen, node.GetString("metrics_listen", ""));
+  if (!config.metrics_listen.empty()) {
+    absl::Status bad = CheckListenAddress(node, config.metrics_listen);
+    if (!bad.ok()) return node.Error("metrics_listen", std::string(bad.message()));
+  }
   CITYOS_ASSIGN_OR_RETURN(std::string data_dir, node.GetString("data_dir"));
   if (data_dir.empty()) return node.Error("data_dir", "must not be empty");
   config.info.data_dir = std::filesystem::absolute(data_dir).lexically_normal().string();
@@ -226,6 +388,7 @@ absl::StatusOr<NodeConfig> ParseNodeConfig(const ConfigNode& root,
   }
   CITYOS_ASSIGN_OR_RETURN(config.shutdown_grace,
                           node.GetDuration("shutdown_grace", absl::Seconds(5)));
+  CITYOS_RETURN_IF_ERROR(ParseTransport(node, config));
   CITYOS_ASSIGN_OR_RETURN(config.bus_section, root.ChildOrEmpty("bus"));
   CITYOS_RETURN_IF_ERROR(ParseBusConfig(config.bus_section).status());
 
@@ -254,6 +417,10 @@ absl::StatusOr<std::unique_ptr<Node>> Node::Create(NodeConfig config,
                                                    const PluginRegistry& registry,
                                                    Clock* clock) {
   CITYOS_ASSIGN_OR_RETURN(BusNodeConfig bus_config, ParseBusConfig(config.bus_section));
+  if (config.security == TransportSecurity::kTls) {
+    // Bad certificate files are config errors, found before anything binds.
+    CITYOS_RETURN_IF_ERROR(Annotate(CheckTlsConfig(config.tls), "node.tls"));
+  }
   std::vector<std::unique_ptr<ServicePlugin>> plugins;
   for (const PluginSpec& spec : config.plugins) {
     CITYOS_ASSIGN_OR_RETURN(std::unique_ptr<ServicePlugin> p, registry.Create(spec.name));

@@ -13,6 +13,7 @@
 #include "cityos/config.h"
 #include "cityos/logging.h"
 #include "cityos/plugin.h"
+#include "cityos/tls.h"
 
 namespace cityos {
 
@@ -22,13 +23,40 @@ struct PluginSpec {
   ConfigNode section;
 };
 
+// How the node's gRPC server protects its transport (`node.tls` /
+// `node.insecure`; see docs/security.md).
+enum class TransportSecurity {
+  // mTLS with the certificate files of `node.tls: {ca, cert, key, crl}`.
+  kTls,
+  // mTLS with a development PKI kept in <data_dir>/pki (`node.tls: auto`),
+  // created on first start, plus a cityosctl context for its admin.
+  kAutoTls,
+  // Plaintext (`node.insecure: true`): no caller authentication; every call
+  // acts as the node. Logged as a warning at every start.
+  kInsecure,
+};
+
 // The node config, checked. See docs/operations.md for the file format.
 struct NodeConfig {
   NodeInfo info;  // name, data_dir (absolute), listen_address (as configured)
+  // `node.trust_domain`: the SPIFFE trust domain of the node and its peers.
+  // Default: "local".
+  std::string trust_domain = "local";
+  // `node.org`: the organisation operating the node; its certificate names
+  // spiffe://<trust_domain>/org/<org>/svc/cityosd. Default: "city".
+  std::string org = "city";
+  TransportSecurity security = TransportSecurity::kTls;
+  // For kTls: the files (absolute) and `reload_interval`; trust_domain is
+  // filled from `node.trust_domain`. Unused otherwise.
+  TlsConfig tls;
   LogFormat log_format = LogFormat::kText;
   LogLevel log_level = LogLevel::kInfo;
   // How long Shutdown() lets in-flight calls finish before cancelling them.
   absl::Duration shutdown_grace = absl::Seconds(5);
+  // `node.metrics_listen`: host:port of the HTTP /metrics endpoint
+  // (Prometheus text format, plain HTTP: keep it on loopback or a management
+  // network). Empty: no endpoint. Default: empty.
+  std::string metrics_listen;
   // The `bus` section (streams and limits), an empty map when absent.
   ConfigNode bus_section = ConfigNode::EmptyMap("", "bus");
   std::vector<PluginSpec> plugins;
@@ -53,6 +81,8 @@ class Node {
   virtual absl::Status Start() = 0;
   // The bound address, e.g. "127.0.0.1:40123". REQUIRES: Start() succeeded.
   virtual std::string listen_address() const = 0;
+  // The bound /metrics address, or "" without `node.metrics_listen`.
+  virtual std::string metrics_address() const = 0;
   // Full names of the gRPC services served (plug-ins' and the standard ones).
   virtual std::vector<std::string> service_names() const = 0;
   // Marks every service NOT_SERVING, stops taking calls, gives in-flight calls

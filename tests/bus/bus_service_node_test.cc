@@ -137,7 +137,7 @@ TEST(BusNodeConfig, ErrorsNameFileLineAndKey) {
     // The node config checks it too (before anything is bound), with the
     // lines shifted by the node section in front.
     auto root = ConfigNode::LoadString(
-        "node:\n  name: t\n  listen: 127.0.0.1:0\n  data_dir: /tmp/t\n" + c.yaml, "node.yaml");
+        "node:\n  name: t\n  listen: 127.0.0.1:0\n  insecure: true\n  data_dir: /tmp/t\n" + c.yaml, "node.yaml");
     ASSERT_TRUE(root.ok());
     auto parsed = ParseNodeConfig(*root, registry);
     ASSERT_FALSE(parsed.ok());
@@ -150,7 +150,7 @@ TEST(BusPlugin, RejectsUnknownPluginConfigKeys) {
   PluginRegistry registry;
   ASSERT_TRUE(RegisterBusPlugin(registry).ok());
   testing::TempDir dir;
-  auto root = ConfigNode::LoadString("node:\n  name: t\n  listen: 127.0.0.1:0\n  data_dir: " +
+  auto root = ConfigNode::LoadString("node:\n  name: t\n  listen: 127.0.0.1:0\n  insecure: true\n  data_dir: " +
                                          dir.path() +
                                          "\nplugins:\n  - name: bus\n    config: {windw: 3}\n",
                                      "node.yaml");
@@ -185,7 +185,7 @@ class BusNodeTest : public ::testing::Test {
   void SetUp() override { ASSERT_TRUE(RegisterBuiltinPlugins(registry_).ok()); }
 
   std::string Yaml(const std::string& carbon_durability = "fsync") {
-    return "node:\n  name: test-node\n  listen: 127.0.0.1:0\n  data_dir: " + dir_.path() +
+    return "node:\n  name: test-node\n  listen: 127.0.0.1:0\n  insecure: true\n  data_dir: " + dir_.path() +
            "\n  shutdown_grace: 1s\n"
            "bus:\n  streams:\n"
            "    - name: carbon\n      subjects: [\"carbon.>\"]\n      durability: " +

@@ -21,7 +21,7 @@ TEST(RepairLogProcess, NodeRefusesCorruptLogThenRepairLetsItStart) {
   testing::TempDir dir;
   std::string data = dir.File("data");
   std::string config = dir.File("node.yaml");
-  testing::WriteFile(config, "node:\n  name: repair\n  listen: 127.0.0.1:0\n  data_dir: " + data +
+  testing::WriteFile(config, "node:\n  name: repair\n  listen: 127.0.0.1:0\n  insecure: true\n  data_dir: " + data +
                                  "\nbus:\n  streams:\n    - name: carbon\n      subjects: [\"carbon.>\"]\n"
                                  "plugins:\n  - name: bus\n");
   Principal me = Principal::Node("local", "repair");

@@ -19,7 +19,7 @@ using ::testing::IsSupersetOf;
 std::string WriteConfig(const testing::TempDir& dir, const std::string& listen,
                         const std::string& extra = "") {
   std::string path = dir.File("cityosd.yaml");
-  testing::WriteFile(path, "node:\n  name: proc-test\n  listen: " + listen + "\n  data_dir: " +
+  testing::WriteFile(path, "node:\n  name: proc-test\n  listen: " + listen + "\n  insecure: true\n  data_dir: " +
                                dir.File("data") + "\n  log_format: json\n" + extra);
   return path;
 }

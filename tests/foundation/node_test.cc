@@ -61,8 +61,8 @@ class NodeTest : public ::testing::Test {
     return ParseNodeConfig(*root, registry_);
   }
   std::string Yaml(const std::string& plugins) {
-    return "node:\n  name: test\n  listen: 127.0.0.1:0\n  data_dir: " + dir_.path() +
-           "\n" + plugins;
+    return "node:\n  name: test\n  listen: 127.0.0.1:0\n  insecure: true\n  data_dir: " +
+           dir_.path() + "\n" + plugins;
   }
 
   testing::TempDir dir_;
@@ -92,7 +92,7 @@ TEST_F(NodeTest, UnknownPluginIsRejectedWithPosition) {
   ASSERT_FALSE(config.ok());
   EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(config.status().message(),
-              HasSubstr("node.yaml:7:11: plugins[1].name: unknown plug-in \"carbonn\" "
+              HasSubstr("node.yaml:8:11: plugins[1].name: unknown plug-in \"carbonn\" "
                         "(this binary has: recorder)"));
 }
 
@@ -127,7 +127,7 @@ TEST_F(NodeTest, PluginConfigErrorsSurfaceFromCreate) {
 TEST_F(NodeTest, ListenFailureStopsStartedPlugins) {
   testing::HeldPort held;
   auto config = Parse("node:\n  name: t\n  listen: 127.0.0.1:" + std::to_string(held.port()) +
-                      "\n  data_dir: " + dir_.path() + "\nplugins:\n  - name: recorder\n");
+                      "\n  insecure: true\n  data_dir: " + dir_.path() + "\nplugins:\n  - name: recorder\n");
   ASSERT_TRUE(config.ok()) << config.status();
   auto node = Node::Create(*std::move(config), registry_);
   ASSERT_TRUE(node.ok());

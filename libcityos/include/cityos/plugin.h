@@ -23,8 +23,10 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "cityos/principal.h"
 
 namespace grpc {
+class ServerContext;
 class Service;
 }
 
@@ -58,6 +60,10 @@ class PluginContext {
   // Creates (if needed) and returns `<data_dir>/<plugin name>`, the plug-in's
   // own directory for state.
   virtual absl::StatusOr<std::string> PluginDataDir(std::string_view plugin) = 0;
+  // Who is calling an RPC served by this node: the principal of the caller's
+  // verified client certificate, or UNAUTHENTICATED. The one place every
+  // handler learns its caller. Thread-safe.
+  virtual absl::StatusOr<Principal> Authenticate(const grpc::ServerContext& call) = 0;
 };
 
 // One gRPC service a plug-in exposes.
