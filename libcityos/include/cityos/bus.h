@@ -138,20 +138,27 @@ struct Message {
   // Holds `event` itself (in-process publishes of owned events).
   Message(std::string stream, uint64_t sequence, absl::Time publish_time,
           event::v1::Event&& event);
-  // Shares an event owned elsewhere (shared publishes, arena-parsed reads).
+  // Shares an event owned elsewhere (shared publishes).
   Message(std::string stream, uint64_t sequence, absl::Time publish_time,
           std::shared_ptr<const event::v1::Event> event);
+  // Borrows `event`, which the caller keeps alive at least as long as this
+  // message (e.g. both live in one arena that the MessagePtr keeps alive).
+  Message(std::string stream, uint64_t sequence, absl::Time publish_time,
+          const event::v1::Event* event);
+  Message(const Message&) = delete;
+  Message& operator=(const Message&) = delete;
 
   // The event, with `publisher` set to the publisher's SPIFFE id.
-  const event::v1::Event& event() const { return shared_ ? *shared_ : *owned_; }
+  const event::v1::Event& event() const { return *event_; }
 
   std::string stream;  // empty when no stream captured the subject
   uint64_t sequence = 0;
   absl::Time publish_time;
 
  private:
-  std::shared_ptr<const event::v1::Event> shared_;
-  std::optional<event::v1::Event> owned_;  // empty when shared
+  std::optional<event::v1::Event> owned_;  // set for owned events
+  std::shared_ptr<const event::v1::Event> shared_;  // set for shared events
+  const event::v1::Event* event_;  // always points to the event
 };
 using MessagePtr = std::shared_ptr<const Message>;
 
