@@ -10,20 +10,26 @@ cd "$root"
 
 ./scripts/deps.sh
 build=$root/build-release
-CITYOS_BUILD_TESTS=OFF cityos_build "$build" Release cityosd
+CITYOS_BUILD_TESTS=OFF cityos_build "$build" Release cityosd cityosctl
 
 listen=${CITYOS_DEMO_LISTEN:-127.0.0.1:7443}
 data=${CITYOS_DEMO_DATA:-$build/demo-data}
+ctl=$build/services/cityosctl/cityosctl
 cat <<MSG
 
 cityos demo node
   config:   config/demo-city.yaml
-  data dir: $data
-  listen:   $listen   (gRPC: health checking and server reflection on)
+  data dir: $data   (dev PKI in $data/pki on first start)
+  listen:   $listen   (gRPC with mutual TLS; health and reflection on)
+  metrics:  http://127.0.0.1:9464/metrics
 
-Try, in another terminal:
-  $build/services/cityosd/cityosd --config config/demo-city.yaml --check
-  ./scripts/test.sh -L foundation
+On start the node writes the cityosctl context "demo-city" (admin certificate) to
+\${CITYOS_CONFIG:-~/.config/cityos/config.yaml}. Try, in another terminal:
+  $ctl services list
+  $ctl services health
+  $ctl streams list
+  $ctl topics tail 'carbon.>'
+  curl -s http://127.0.0.1:9464/metrics | grep cityos_
 Stop with Ctrl-C (the node drains and exits 0).
 
 MSG

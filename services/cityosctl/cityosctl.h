@@ -1,0 +1,39 @@
+// cityosctl as a library: the command line parser and every command, so that
+// tests can run commands in-process and services/cityosctl/main.cc stays thin.
+//
+//   cityosctl [--context NAME] [--config FILE] [--json] <command> ...
+//
+// Exit status: 0 on success, 1 on any error (a one-line message on `err`,
+// e.g. "cityosctl: cannot connect to 127.0.0.1:7443: ..."), 2 on a usage
+// error.
+#ifndef CITYOS_SERVICES_CITYOSCTL_CITYOSCTL_H_
+#define CITYOS_SERVICES_CITYOSCTL_CITYOSCTL_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <ostream>
+#include <string>
+
+namespace cityos::ctl {
+
+// Runs one cityosctl invocation. `argv[0]` is the program name.
+int Run(int argc, char** argv, std::ostream& out, std::ostream& err);
+
+// The message cityosctl prints for a failed RPC to `endpoint`:
+//   UNAVAILABLE, DEADLINE_EXCEEDED  "cannot connect to <endpoint>: ..." or,
+//                                   when gRPC reports a TLS handshake
+//                                   failure, "certificate rejected: ..."
+//   PERMISSION_DENIED               "permission denied: ..."
+//   UNAUTHENTICATED                 "unauthenticated: ..."
+//   anything else                   "<CODE>: ..."
+std::string DescribeRpcError(const std::string& endpoint,
+                             const grpc::Status& status);
+
+// Cancels the streaming call in progress (topics tail), if any. Safe to call
+// from another thread (main.cc's signal thread). Returns false if there was
+// none.
+bool CancelActiveCall();
+
+}  // namespace cityos::ctl
+
+#endif  // CITYOS_SERVICES_CITYOSCTL_CITYOSCTL_H_
