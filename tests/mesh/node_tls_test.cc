@@ -32,32 +32,6 @@ int ModeOf(const std::string& path) {
   return static_cast<int>(st.st_mode & 0777);
 }
 
-// Sends this process's stderr (where cityos logs) to a file while alive.
-class StderrCapture {
- public:
-  explicit StderrCapture(std::string path) : path_(std::move(path)) {
-    std::fflush(stderr);
-    saved_ = ::dup(2);
-    int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ::dup2(fd, 2);
-    ::close(fd);
-  }
-  ~StderrCapture() {
-    std::fflush(stderr);
-    ::dup2(saved_, 2);
-    ::close(saved_);
-    std::fputs(testing::ReadFile(path_).c_str(), stderr);
-  }
-  std::string Text() const {
-    std::fflush(stderr);
-    return testing::ReadFile(path_);
-  }
-
- private:
-  std::string path_;
-  int saved_ = -1;
-};
-
 // Serves GetStream answering with the caller as the node authenticated it.
 class WhoAmIService final : public bus::v1::BusService::Service {
  public:
@@ -269,7 +243,7 @@ TEST_F(NodeTlsTest, InsecureLogsAWarningAtEveryStartAndActsAsTheNode) {
     std::string log;
     std::string who;
     {
-      StderrCapture capture(dir_.File("stderr-" + std::to_string(start)));
+      testing::StderrCapture capture(dir_.File("stderr-" + std::to_string(start)));
       auto node = Start("  trust_domain: quzhou.city\n  insecure: true\n");
       ASSERT_TRUE(node.ok()) << node.status();
       auto channel = grpc::CreateChannel((*node)->listen_address(),

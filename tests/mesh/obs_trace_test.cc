@@ -153,17 +153,9 @@ TEST(TraceLogging, FormattedRecordsCarryTheCurrentTrace) {
 template <typename Fn>
 std::string CaptureStderr(Fn fn) {
   testing::TempDir dir;
-  std::string path = dir.File("stderr");
-  fflush(stderr);
-  int saved = ::dup(2);
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  ::dup2(fd, 2);
-  ::close(fd);
+  testing::StderrCapture capture(dir.File("stderr"));
   fn();
-  fflush(stderr);
-  ::dup2(saved, 2);
-  ::close(saved);
-  return testing::ReadFile(path);
+  return capture.Text();
 }
 
 TEST(TraceLogging, LoggerWritesTraceIdInsideAScopeOnly) {

@@ -29,47 +29,6 @@ using ::testing::HasSubstr;
 constexpr char kTd[] = "quzhou.city";
 constexpr char kServerId[] = "spiffe://quzhou.city/org/grid/svc/server";
 
-// Sends this process's stderr (where cityos logs) to a file while alive.
-class StderrCapture {
- public:
-  explicit StderrCapture(std::string path) : path_(std::move(path)) {
-    std::fflush(stderr);
-    saved_ = ::dup(2);
-    int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    ::dup2(fd, 2);
-    ::close(fd);
-  }
-  ~StderrCapture() {
-    std::fflush(stderr);
-    ::dup2(saved_, 2);
-    ::close(saved_);
-    std::fputs(testing::ReadFile(path_).c_str(), stderr);  // keep it visible
-  }
-  std::string Text() const {
-    std::fflush(stderr);
-    return testing::ReadFile(path_);
-  }
-  // Polls until the captured text contains every needle; false at the
-  // (generous) deadline.
-  bool WaitFor(std::vector<std::string> needles,
-               absl::Duration timeout = absl::Seconds(20)) {
-    absl::Time deadline = absl::Now() + timeout;
-    while (true) {
-      std::string text = Text();
-      bool all = true;
-      for (const std::string& n : needles)
-        all &= text.find(n) != std::string::npos;
-      if (all) return true;
-      if (absl::Now() > deadline) return false;
-      absl::SleepFor(absl::Milliseconds(50));
-    }
-  }
-
- private:
-  std::string path_;
-  int saved_ = -1;
-};
-
 // Reports the caller's principal: config.name = SPIFFE id, subjects = roles.
 class WhoAmIService final : public bus::v1::BusService::Service {
  public:
@@ -150,7 +109,7 @@ std::shared_ptr<grpc::Channel> RawChannel(const std::string& target,
 class TlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    capture_ = std::make_unique<StderrCapture>(dir_.File("stderr.log"));
+    capture_ = std::make_unique<testing::StderrCapture>(dir_.File("stderr.log"));
     auto ca = CityCa::Create(dir_.File("ca"), kTd);
     ASSERT_TRUE(ca.ok()) << ca.status();
     ca_ = *std::move(ca);
@@ -221,7 +180,7 @@ class TlsTest : public ::testing::Test {
   }
 
   testing::TempDir dir_;
-  std::unique_ptr<StderrCapture> capture_;
+  std::unique_ptr<testing::StderrCapture> capture_;
   std::unique_ptr<CityCa> ca_;
   std::unique_ptr<CityCa> partner_;
   std::string server_serial_, meters_serial_;

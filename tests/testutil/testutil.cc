@@ -69,6 +69,39 @@ void HeldPort::Release() {
   fd_ = -1;
 }
 
+StderrCapture::StderrCapture(std::string path) : path_(std::move(path)) {
+  std::fflush(stderr);
+  saved_ = ::dup(2);
+  int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  ::dup2(fd, 2);
+  ::close(fd);
+}
+
+StderrCapture::~StderrCapture() {
+  std::fflush(stderr);
+  ::dup2(saved_, 2);
+  ::close(saved_);
+  std::fputs(ReadFile(path_).c_str(), stderr);
+}
+
+std::string StderrCapture::Text() const {
+  std::fflush(stderr);
+  return ReadFile(path_);
+}
+
+bool StderrCapture::WaitFor(const std::vector<std::string>& needles,
+                            absl::Duration timeout) const {
+  absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    std::string text = Text();
+    bool all = true;
+    for (const std::string& n : needles) all = all && text.find(n) != std::string::npos;
+    if (all) return true;
+    if (absl::Now() > deadline) return false;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+}
+
 absl::StatusOr<std::unique_ptr<Subprocess>> Subprocess::Start(std::vector<std::string> argv) {
   int out[2], err[2];
   if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) {

@@ -50,6 +50,27 @@ class HeldPort {
   int port_ = 0;
 };
 
+// Sends this process's stderr (where cityos logs) to `path` while alive; on
+// destruction restores it and copies what was captured back to it (so it
+// stays visible in test output).
+class StderrCapture {
+ public:
+  explicit StderrCapture(std::string path);
+  ~StderrCapture();
+  StderrCapture(const StderrCapture&) = delete;
+  StderrCapture& operator=(const StderrCapture&) = delete;
+  // Everything captured so far.
+  std::string Text() const;
+  // Polls until the captured text contains every needle; false at the
+  // (generous) deadline. For asynchronous log lines; never a timing check.
+  bool WaitFor(const std::vector<std::string>& needles,
+               absl::Duration timeout = absl::Seconds(20)) const;
+
+ private:
+  std::string path_;
+  int saved_ = -1;
+};
+
 // A child process with its stdout and stderr captured.
 class Subprocess {
  public:
