@@ -7,9 +7,10 @@ cityos_build() {
   export CCACHE_BASEDIR="$root" CCACHE_NOHASHDIR=true
   export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
   if [ ! -f "$dir/build.ninja" ]; then
+    mkdir -p "$dir"
     cmake -S "$root" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE="$type" \
-      -DCITYOS_BUILD_TESTS="${CITYOS_BUILD_TESTS:-ON}" > "$dir.configure.log" 2>&1 \
-      || { cat "$dir.configure.log"; return 1; }
+      -DCITYOS_BUILD_TESTS="${CITYOS_BUILD_TESTS:-ON}" > "$dir/configure.log" 2>&1 \
+      || { cat "$dir/configure.log"; return 1; }
   fi
   local jobs
   jobs=$(nproc)

@@ -24,7 +24,7 @@ cityos demo node
   metrics:  http://127.0.0.1:9464/metrics
 
 On start the node writes the cityosctl context "demo-city" (admin certificate) to
-\${CITYOS_CONFIG:-~/.config/cityos/config.yaml}. Try, in another terminal:
+${CITYOS_CONFIG:-$HOME/.config/cityos/config.yaml}. Try, in another terminal:
   $ctl services list
   $ctl services health
   $ctl streams list
