@@ -237,13 +237,5 @@ void PublishResultToProto(const PublishResult& result, bus::v1::PublishResult* o
   out->set_sequence(result.sequence);
 }
 
-void DeliveryToProto(const Delivery& delivery, bus::v1::Delivery* out) {
-  const Message& m = *delivery.message;
-  out->set_stream(m.stream);
-  out->set_sequence(m.sequence);
-  TimestampToProto(m.publish_time, out->mutable_publish_time());
-  out->set_delivery_count(delivery.delivery_count);
-  *out->mutable_event() = m.event();
-}
 
 }  // namespace cityos

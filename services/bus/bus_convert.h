@@ -63,8 +63,6 @@ absl::StatusOr<SubscribeOptions> SubscribeOptionsFromProto(
     const bus::v1::SubscribeRequest& proto);
 
 void PublishResultToProto(const PublishResult& result, bus::v1::PublishResult* out);
-// Copies the event. REQUIRES: delivery.message is not null.
-void DeliveryToProto(const Delivery& delivery, bus::v1::Delivery* out);
 
 }  // namespace cityos
 

@@ -22,12 +22,6 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::UnorderedElementsAre;
 
-int ModeOf(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return -1;
-  return static_cast<int>(st.st_mode & 0777);
-}
-
 // Serials on a CRL file, read with OpenSSL directly (not our reader).
 std::vector<std::string> CrlSerials(const std::string& path, X509* ca) {
   std::string pem = testing::ReadFile(path);
@@ -67,9 +61,9 @@ TEST(CityCa, CreateWritesRootKeyIndexAndEmptyCrl) {
   ASSERT_TRUE(ca.ok()) << ca.status();
   EXPECT_EQ((*ca)->trust_domain(), "quzhou.city");
   EXPECT_EQ((*ca)->ca_file(), ca_dir + "/ca.pem");
-  EXPECT_EQ(ModeOf(ca_dir), 0700);
-  EXPECT_EQ(ModeOf(ca_dir + "/ca.key"), 0600);
-  EXPECT_EQ(ModeOf(ca_dir + "/index.json"), 0600);
+  EXPECT_EQ(testing::FileMode(ca_dir), 0700);
+  EXPECT_EQ(testing::FileMode(ca_dir + "/ca.key"), 0600);
+  EXPECT_EQ(testing::FileMode(ca_dir + "/index.json"), 0600);
   auto info = ParseCertificatePem(testing::ReadFile((*ca)->ca_file()));
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_TRUE(info->is_ca);
@@ -101,8 +95,8 @@ TEST(CityCa, IssuesServiceCertWithSansRolesAndKeyMode) {
   ASSERT_TRUE(rec.ok()) << rec.status();
   EXPECT_EQ(rec->spiffe_id, "spiffe://quzhou.city/org/grid/svc/meters");
   EXPECT_EQ(rec->cert_file, dir.File("certs/meters.pem"));
-  EXPECT_EQ(ModeOf(dir.File("certs/meters.key")), 0600);
-  EXPECT_EQ(ModeOf(dir.File("certs")), 0700);
+  EXPECT_EQ(testing::FileMode(dir.File("certs/meters.key")), 0600);
+  EXPECT_EQ(testing::FileMode(dir.File("certs")), 0700);
   EXPECT_FALSE(rec->revoked);
 
   auto info =
@@ -281,7 +275,7 @@ TEST(DevPki, CreatesOnceThenReusesAndCoversTheListenHost) {
   EXPECT_EQ(first->node_spiffe_id, "spiffe://demo.city/org/city/svc/cityosd");
   for (const std::string& key : {first->node_key_file, first->admin_key_file,
                                  dir.File("pki/ca/ca.key")}) {
-    EXPECT_EQ(ModeOf(key), 0600) << key;
+    EXPECT_EQ(testing::FileMode(key), 0600) << key;
   }
   auto node = ParseCertificatePem(testing::ReadFile(first->node_cert_file));
   ASSERT_TRUE(node.ok());
@@ -332,8 +326,8 @@ TEST(ClientConfig, SaveMergesContextsAndLoadReadsThem) {
                   .key = "/k2",
                   .server_id = "spiffe://b.city/org/x/svc/y"};
   ASSERT_TRUE(SaveClientContext(path, a).ok());
-  EXPECT_EQ(ModeOf(path), 0600);
-  EXPECT_EQ(ModeOf(dir.File("home/.config/cityos")), 0700);
+  EXPECT_EQ(testing::FileMode(path), 0600);
+  EXPECT_EQ(testing::FileMode(dir.File("home/.config/cityos")), 0700);
   ASSERT_TRUE(SaveClientContext(path, b).ok());
   a.endpoint = "127.0.0.1:3";
   ASSERT_TRUE(SaveClientContext(path, a, /*make_current=*/false).ok());

@@ -43,26 +43,13 @@ namespace reg = registry::v1;
 constexpr absl::Duration kWait =
     absl::Seconds(60);  // generous; never asserted on
 
-struct Cli {
-  int code = -1;
-  std::string out, err;
-};
+using Cli = testing::CommandResult;
 
 // Runs cityosctl with `args` (env: $CITYOS_CONFIG of this process).
 Cli Ctl(const std::vector<std::string>& args) {
   std::vector<std::string> argv{CITYOSCTL_PATH};
   argv.insert(argv.end(), args.begin(), args.end());
-  Cli r;
-  auto p = testing::Subprocess::Start(argv);
-  if (!p.ok()) {
-    r.err = std::string(p.status().message());
-    return r;
-  }
-  auto code = (*p)->Wait(kWait);
-  r.code = code.ok() ? *code : -1;
-  r.out = (*p)->stdout_text();
-  r.err = (*p)->stderr_text();
-  return r;
+  return testing::RunCommand(argv, kWait);
 }
 
 json ParseJson(const Cli& r) {

@@ -33,22 +33,12 @@ namespace reg = registry::v1;
 
 constexpr absl::Duration kWait = absl::Seconds(60);
 
-struct Cli {
-  int code = -1;
-  std::string out, err;
-};
+using Cli = testing::CommandResult;
 
 Cli Ctl(const std::vector<std::string>& args) {
   std::vector<std::string> argv{CITYOSCTL_PATH};
   argv.insert(argv.end(), args.begin(), args.end());
-  Cli r;
-  auto p = testing::Subprocess::Start(argv);
-  if (!p.ok()) return r;
-  auto code = (*p)->Wait(kWait);
-  r.code = code.ok() ? *code : -1;
-  r.out = (*p)->stdout_text();
-  r.err = (*p)->stderr_text();
-  return r;
+  return testing::RunCommand(argv, kWait);
 }
 
 std::string Endpoint(testing::Subprocess& p) {

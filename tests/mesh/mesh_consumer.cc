@@ -6,6 +6,8 @@
 // Re-subscribes after errors (e.g. while the node restarts). Runs until
 // killed. First line: "consumer: subscribed".
 #include <CLI/CLI.hpp>
+
+#include "mesh_client_flags.h"
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -19,28 +21,21 @@ namespace bus = cityos::bus::v1;
 
 int main(int argc, char** argv) {
   CLI::App app{"mesh_consumer: test consumer for the mesh e2e test"};
-  cityos::TlsConfig tls;
-  std::string endpoint, server_id, stream = "mobility", consumer = "dash";
-  app.add_option("--endpoint", endpoint)->required();
-  app.add_option("--ca", tls.ca_file)->required();
-  app.add_option("--cert", tls.cert_file)->required();
-  app.add_option("--key", tls.key_file)->required();
-  app.add_option("--trust-domain", tls.trust_domain)->required();
-  app.add_option("--server-id", server_id);
+  cityos::testing::MeshClientFlags flags;
+  std::string stream = "mobility", consumer = "dash";
+  flags.AddTo(app);
   app.add_option("--stream", stream);
   app.add_option("--consumer", consumer);
   CLI11_PARSE(app, argc, argv);
 
-  std::optional<std::string> pin;
-  if (!server_id.empty()) pin = server_id;
-  auto creds = cityos::MakeChannelCredentials(tls, pin);
+  auto creds = cityos::MakeChannelCredentials(flags.tls, flags.pin());
   if (!creds.ok()) {
     std::fprintf(stderr, "consumer: %s\n",
                  std::string(creds.status().message()).c_str());
     return 2;
   }
   auto stub =
-      bus::BusService::NewStub(cityos::CreateObservedChannel(endpoint, *creds));
+      bus::BusService::NewStub(cityos::CreateObservedChannel(flags.endpoint, *creds));
   auto pause = [] {
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   };

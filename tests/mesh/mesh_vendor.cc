@@ -15,6 +15,8 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+
+#include "mesh_client_flags.h"
 #include <cstdio>
 #include <optional>
 #include <string>
@@ -36,16 +38,10 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
   CLI::App app{"mesh_vendor: test vendor for the mesh e2e test"};
-  cityos::TlsConfig tls;
-  std::string endpoint, server_id, org = "transit", name = "trips",
-                                   ttl_text = "2s";
+  cityos::testing::MeshClientFlags flags;
+  std::string org = "transit", name = "trips", ttl_text = "2s";
   int64_t first = 1, count = 10;
-  app.add_option("--endpoint", endpoint)->required();
-  app.add_option("--ca", tls.ca_file)->required();
-  app.add_option("--cert", tls.cert_file)->required();
-  app.add_option("--key", tls.key_file)->required();
-  app.add_option("--trust-domain", tls.trust_domain)->required();
-  app.add_option("--server-id", server_id);
+  flags.AddTo(app);
   app.add_option("--org", org);
   app.add_option("--name", name);
   app.add_option("--first", first);
@@ -56,7 +52,7 @@ int main(int argc, char** argv) {
   if (!absl::ParseDuration(ttl_text, &ttl)) return 2;
 
   // Its own (tiny) server: health only.
-  auto server_creds = cityos::MakeServerCredentials(tls);
+  auto server_creds = cityos::MakeServerCredentials(flags.tls);
   if (!server_creds.ok()) {
     std::fprintf(stderr, "vendor: %s\n",
                  std::string(server_creds.status().message()).c_str());
@@ -81,15 +77,13 @@ int main(int argc, char** argv) {
   std::printf("vendor: serving on %s\n", own.c_str());
   std::fflush(stdout);
 
-  std::optional<std::string> pin;
-  if (!server_id.empty()) pin = server_id;
-  auto creds = cityos::MakeChannelCredentials(tls, pin);
+  auto creds = cityos::MakeChannelCredentials(flags.tls, flags.pin());
   if (!creds.ok()) {
     std::fprintf(stderr, "vendor: %s\n",
                  std::string(creds.status().message()).c_str());
     return 2;
   }
-  auto channel = cityos::CreateObservedChannel(endpoint, *creds);
+  auto channel = cityos::CreateObservedChannel(flags.endpoint, *creds);
 
   cityos::RegistrationKeeperOptions options;
   options.registration.set_name(name);

@@ -26,12 +26,6 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-int ModeOf(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) return -1;
-  return static_cast<int>(st.st_mode & 0777);
-}
-
 // Serves GetStream answering with the caller as the node authenticated it.
 class WhoAmIService final : public bus::v1::BusService::Service {
  public:
@@ -138,10 +132,10 @@ TEST_F(NodeTlsTest, AutoCreatesDevPkiAndContextThenAdminGetsIn) {
     ASSERT_TRUE(node.ok()) << node.status();
     for (const std::string& key :
          {pki + "/node.key", pki + "/admin.key", pki + "/ca/ca.key"}) {
-      EXPECT_EQ(ModeOf(key), 0600) << key;
+      EXPECT_EQ(testing::FileMode(key), 0600) << key;
     }
-    EXPECT_EQ(ModeOf(context_file_), 0600);
-    EXPECT_EQ(ModeOf(dir_.File("home/.config/cityos")), 0700);
+    EXPECT_EQ(testing::FileMode(context_file_), 0600);
+    EXPECT_EQ(testing::FileMode(dir_.File("home/.config/cityos")), 0700);
 
     auto config = LoadClientConfig(context_file_);
     ASSERT_TRUE(config.ok()) << config.status();
@@ -200,7 +194,7 @@ TEST_F(NodeTlsTest, CityosConfigVariableChoosesTheContextFile) {
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->contexts[0].trust_domain,
             "local");  // the default trust domain
-  EXPECT_EQ(ModeOf(path), 0600);
+  EXPECT_EQ(testing::FileMode(path), 0600);
 }
 
 TEST_F(NodeTlsTest, TlsFilesFromTheConfig) {

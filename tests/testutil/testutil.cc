@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,6 +68,26 @@ HeldPort::~HeldPort() { Release(); }
 void HeldPort::Release() {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
+}
+
+int FileMode(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return -1;
+  return static_cast<int>(st.st_mode & 0777);
+}
+
+CommandResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeout) {
+  CommandResult r;
+  auto p = Subprocess::Start(argv);
+  if (!p.ok()) {
+    r.err = std::string(p.status().message());
+    return r;
+  }
+  auto code = (*p)->Wait(timeout);
+  r.code = code.ok() ? *code : -1;
+  r.out = (*p)->stdout_text();
+  r.err = (*p)->stderr_text();
+  return r;
 }
 
 StderrCapture::StderrCapture(std::string path) : path_(std::move(path)) {

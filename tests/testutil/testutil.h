@@ -50,6 +50,18 @@ class HeldPort {
   int port_ = 0;
 };
 
+// Permission bits of `path` (e.g. 0600), or -1 if it cannot be stat'ed.
+int FileMode(const std::string& path);
+
+// What a finished command printed and its exit code (128+signal if killed;
+// -1 if it could not start or did not exit within the timeout).
+struct CommandResult {
+  int code = -1;
+  std::string out, err;
+};
+// Runs argv[0] (a path) to completion, at most `timeout`.
+CommandResult RunCommand(const std::vector<std::string>& argv, absl::Duration timeout);
+
 // Sends this process's stderr (where cityos logs) to `path` while alive; on
 // destruction restores it and copies what was captured back to it (so it
 // stays visible in test output).
