@@ -1,0 +1,55 @@
+#include "store/page_token.h"
+
+#include <openssl/evp.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "core/strings.h"
+
+namespace cityos::store_internal {
+namespace {
+
+constexpr char kFormat = 1;
+constexpr size_t kFingerprintSize = 16;
+
+}  // namespace
+
+std::string Fingerprint(std::initializer_list<std::string_view> parts) {
+  std::string input;
+  for (std::string_view part : parts) {
+    uint64_t n = part.size();
+    for (int i = 0; i < 8; ++i) input.push_back(static_cast<char>(n >> (8 * i)));
+    input.append(part);
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int digest_size = 0;
+  EVP_Digest(input.data(), input.size(), digest, &digest_size, EVP_sha256(), nullptr);
+  return std::string(reinterpret_cast<const char*>(digest), kFingerprintSize);
+}
+
+std::string EncodePageToken(std::string_view fingerprint, std::string_view cursor) {
+  std::string raw;
+  raw.reserve(1 + fingerprint.size() + cursor.size());
+  raw.push_back(kFormat);
+  raw.append(fingerprint);
+  raw.append(cursor);
+  std::string token;
+  absl::WebSafeBase64Escape(raw, &token);
+  return token;
+}
+
+absl::StatusOr<std::string> DecodePageToken(std::string_view token, std::string_view fingerprint) {
+  std::string raw;
+  if (!absl::WebSafeBase64Unescape(AV(token), &raw) || raw.size() <= 1 + kFingerprintSize ||
+      raw[0] != kFormat) {
+    return absl::InvalidArgumentError("malformed page token");
+  }
+  if (std::string_view(raw).substr(1, kFingerprintSize) != fingerprint) {
+    return absl::InvalidArgumentError("page token belongs to another query");
+  }
+  return raw.substr(1 + kFingerprintSize);
+}
+
+}  // namespace cityos::store_internal

@@ -1,0 +1,8 @@
+# The SQLite entity store (libcityos/src/store). The tests reach into the
+# database file with SQLite directly (schema version refusal, a failing
+# trigger), hence the direct link.
+find_package(SQLite3 REQUIRED)
+cityos_test(exchange_store_test LABEL exchange
+  SOURCES store_test.cc LIBS SQLite::SQLite3)
+cityos_test(exchange_store_paging_test LABEL exchange
+  SOURCES store_paging_test.cc TIMEOUT 300)
