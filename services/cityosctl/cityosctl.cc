@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <fstream>
+#include <map>
 #include <iomanip>
 #include <memory>
 #include <mutex>
@@ -15,11 +17,14 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "cityos/bus/v1/bus.grpc.pb.h"
+#include "cityos/audit.h"
 #include "cityos/ca.h"
+#include "cityos/exchange/v1/exchange.grpc.pb.h"
 #include "cityos/grpc_util.h"
 #include "cityos/logging.h"
 #include "cityos/observability.h"
@@ -44,6 +49,13 @@ struct CommandError {
 }
 
 std::string Msg(const absl::Status& s) { return std::string(s.message()); }
+
+std::string Upper(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) {
+    return static_cast<char>(std::toupper(c));
+  });
+  return s;
+}
 
 std::string Lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) {
@@ -572,6 +584,608 @@ int TopicsTail(const Globals& g, const std::string& pattern, int64_t count,
   return 0;
 }
 
+// ---- exchange: policies, explain, emergencies, audit, data ----------------
+std::unique_ptr<exchange::v1::ExchangeService::Stub> ExchangeStub(const ClientContext& ctx) {
+  return exchange::v1::ExchangeService::NewStub(NodeChannel(ctx));
+}
+
+std::string ReadFileOrFail(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) Fail("cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string BaseName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+absl::Time ParseTimeOrFail(const std::string& flag, const std::string& text) {
+  absl::Time t;
+  std::string err;
+  if (!absl::ParseTime(absl::RFC3339_full, text, &t, &err)) {
+    Fail(absl::StrFormat("%s: \"%s\" is not an RFC 3339 time such as 2026-07-01T09:00:00Z",
+                         flag, text));
+  }
+  return t;
+}
+
+absl::Duration ParseDurationOrFail(const std::string& flag, const std::string& text) {
+  absl::Duration d;
+  if (!absl::ParseDuration(text, &d) || d <= absl::ZeroDuration()) {
+    Fail(absl::StrFormat("%s: \"%s\" is not a positive duration such as 6h or 90m", flag, text));
+  }
+  return d;
+}
+
+void SetTs(absl::Time t, google::protobuf::Timestamp* out) {
+  const int64_t ns = absl::ToUnixNanos(t);
+  out->set_seconds(ns / 1000000000);
+  out->set_nanos(static_cast<int32_t>(ns % 1000000000));
+}
+
+const char* EffectName(exchange::v1::Effect e) {
+  switch (e) {
+    case exchange::v1::EFFECT_ALLOW:
+      return "ALLOW";
+    case exchange::v1::EFFECT_DENY:
+      return "DENY";
+    default:
+      return "-";
+  }
+}
+
+std::string ObligationText(const exchange::v1::Obligation& o) {
+  std::string kind = exchange::v1::ObligationKind_Name(o.kind());
+  if (kind.rfind("OBLIGATION_KIND_", 0) == 0) kind = Lower(kind.substr(16));
+  std::string paths;
+  for (const auto& p : o.field_paths()) paths += (paths.empty() ? "" : ",") + p;
+  std::string s = kind;
+  if (!paths.empty()) s += "[" + paths + "]";
+  if (o.grid_cell_m() > 0) s += absl::StrFormat(" cell=%gm", o.grid_cell_m());
+  if (o.min_group_size() > 0) s += absl::StrFormat(" min_group=%d", o.min_group_size());
+  if (!o.rule_id().empty()) s += " (rule " + o.rule_id() + ")";
+  return s;
+}
+
+struct PolicyLoadArgs {
+  std::vector<std::string> files, remove;
+  bool replace_all = false;
+  uint64_t expected_revision = 0;
+};
+
+void PolicyLoad(const Globals& g, const PolicyLoadArgs& a, std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  exchange::v1::LoadPoliciesRequest req;
+  for (const std::string& f : a.files) {
+    auto* d = req.add_documents();
+    d->set_name(BaseName(f));
+    d->set_content(ReadFileOrFail(f));
+  }
+  for (const std::string& r : a.remove) req.add_remove(r);
+  req.set_replace_all(a.replace_all);
+  req.set_expected_revision(a.expected_revision);
+  grpc::ClientContext call;
+  SetDeadline(&call);
+  exchange::v1::LoadPoliciesResponse resp;
+  Check(ctx.endpoint, ExchangeStub(ctx)->LoadPolicies(&call, req, &resp));
+  if (g.json) {
+    PrintJson(out, ToJson(resp));
+    return;
+  }
+  out << "policy set revision " << resp.revision() << "\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& d : resp.documents()) {
+    rows.push_back({d.name(), std::to_string(d.rules()), FormatTs(d.load_time()),
+                    d.loaded_by().empty() ? "-" : d.loaded_by()});
+  }
+  PrintTable(out, {"DOCUMENT", "RULES", "LOADED", "BY"}, rows);
+}
+
+void PolicyList(const Globals& g, bool content, std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  exchange::v1::ListPoliciesRequest req;
+  req.set_include_content(content);
+  grpc::ClientContext call;
+  SetDeadline(&call);
+  exchange::v1::ListPoliciesResponse resp;
+  Check(ctx.endpoint, ExchangeStub(ctx)->ListPolicies(&call, req, &resp));
+  if (g.json) {
+    PrintJson(out, ToJson(resp));
+    return;
+  }
+  out << "policy set revision " << resp.revision() << "\n";
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& d : resp.documents()) {
+    rows.push_back({d.name(), std::to_string(d.rules()), d.sha256().substr(0, 12),
+                    FormatTs(d.load_time()), d.loaded_by().empty() ? "-" : d.loaded_by()});
+  }
+  PrintTable(out, {"DOCUMENT", "RULES", "SHA256", "LOADED", "BY"}, rows);
+  if (content) {
+    for (const auto& d : resp.documents()) {
+      out << "\n--- " << d.name() << "\n" << d.content();
+      if (!d.content().empty() && d.content().back() != '\n') out << "\n";
+    }
+  }
+}
+
+// Exit status: 0 when valid, 1 when any document has errors.
+int PolicyValidate(const Globals& g, const std::vector<std::string>& files, bool merge,
+                   std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  exchange::v1::ValidatePoliciesRequest req;
+  for (const std::string& f : files) {
+    auto* d = req.add_documents();
+    d->set_name(BaseName(f));
+    d->set_content(ReadFileOrFail(f));
+  }
+  req.set_merge_with_current(merge);
+  grpc::ClientContext call;
+  SetDeadline(&call);
+  exchange::v1::ValidatePoliciesResponse resp;
+  Check(ctx.endpoint, ExchangeStub(ctx)->ValidatePolicies(&call, req, &resp));
+  if (g.json) {
+    PrintJson(out, ToJson(resp));
+  } else if (resp.valid()) {
+    out << "valid: " << resp.rules() << " rule(s)\n";
+  } else {
+    for (const auto& e : resp.errors()) {
+      out << e.name() << ":" << e.line();
+      if (e.column() > 0) out << ":" << e.column();
+      out << ": " << e.message() << "\n";
+    }
+    out << resp.errors_size() << " error(s)\n";
+  }
+  return resp.valid() ? 0 : 1;
+}
+
+struct ExplainArgs {
+  std::string action, type, subject, classification, purpose, principal, data_subject, domain,
+      owner, region, jurisdiction, entity_id, time;
+  std::vector<std::string> roles;
+};
+
+// Exit status 0 whatever the decision (it is printed).
+void Explain(const Globals& g, const ExplainArgs& a, std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  exchange::v1::ExplainRequest req;
+  exchange::v1::Action action;
+  if (!exchange::v1::Action_Parse("ACTION_" + Upper(a.action), &action) ||
+      action == exchange::v1::ACTION_UNSPECIFIED) {
+    Fail("--action: \"" + a.action + "\" is not publish, subscribe, read or history");
+  }
+  req.set_action(action);
+  req.set_principal(a.principal);
+  for (const auto& r : a.roles) req.add_roles(r);
+  req.set_purpose(a.purpose);
+  auto* r = req.mutable_resource();
+  r->set_type(a.type);
+  r->set_subject(a.subject);
+  r->set_domain(a.domain);
+  r->set_owner(a.owner);
+  r->set_region(a.region);
+  r->set_jurisdiction(a.jurisdiction);
+  r->set_data_subject(a.data_subject);
+  r->set_entity_id(a.entity_id);
+  if (!a.classification.empty()) {
+    event::v1::Classification c;
+    if (!event::v1::Classification_Parse("CLASSIFICATION_" + Upper(a.classification), &c)) {
+      Fail("--classification: \"" + a.classification +
+           "\" is not public, internal, personal or sensitive");
+    }
+    r->set_classification(c);
+  }
+  if (!a.time.empty()) SetTs(ParseTimeOrFail("--time", a.time), req.mutable_time());
+  grpc::ClientContext call;
+  SetDeadline(&call);
+  exchange::v1::ExplainResponse resp;
+  Check(ctx.endpoint, ExchangeStub(ctx)->Explain(&call, req, &resp));
+  if (g.json) {
+    PrintJson(out, ToJson(resp));
+    return;
+  }
+  const auto& d = resp.decision();
+  out << "decision:   " << EffectName(d.effect()) << "\n"
+      << "rules:      " << Join(d.rule_ids()) << "\n"
+      << "reason:     " << (d.reason().empty() ? "-" : d.reason()) << "\n";
+  if (!resp.overridden_rule_ids().empty()) {
+    out << "overridden: " << Join(resp.overridden_rule_ids()) << "\n";
+  }
+  for (const auto& o : d.obligations()) out << "obligation: " << ObligationText(o) << "\n";
+  if (!d.consent_id().empty()) out << "consent:    " << d.consent_id() << "\n";
+  if (!d.contract_id().empty()) out << "contract:   " << d.contract_id() << "\n";
+  if (!d.emergency_id().empty()) out << "emergency:  " << d.emergency_id() << "\n";
+  out << "revision:   " << d.policy_revision() << "\n";
+}
+
+std::string EmergencyStateName(exchange::v1::EmergencyState s) {
+  std::string n = exchange::v1::EmergencyState_Name(s);
+  return n.rfind("EMERGENCY_STATE_", 0) == 0 ? n.substr(16) : n;
+}
+
+std::string AreaText(const common::v1::GeoArea& a) {
+  switch (a.shape_case()) {
+    case common::v1::GeoArea::kRegion:
+      return "region " + a.region();
+    case common::v1::GeoArea::kBoundingBox:
+      return absl::StrFormat("bbox %g,%g,%g,%g", a.bounding_box().south_west().latitude(),
+                             a.bounding_box().south_west().longitude(),
+                             a.bounding_box().north_east().latitude(),
+                             a.bounding_box().north_east().longitude());
+    case common::v1::GeoArea::kCircle:
+      return absl::StrFormat("circle %g,%g r=%gm", a.circle().center().latitude(),
+                             a.circle().center().longitude(), a.circle().radius_m());
+    case common::v1::GeoArea::kPolygon:
+      return absl::StrFormat("polygon (%d vertices)", a.polygon().vertices_size());
+    default:
+      return "-";
+  }
+}
+
+void PrintEmergencies(const Globals& g,
+                      const google::protobuf::RepeatedPtrField<exchange::v1::Emergency>& list,
+                      std::ostream& out) {
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& e : list) {
+    rows.push_back({e.id(), EmergencyStateName(e.state()), AreaText(e.area()),
+                    FormatTs(e.window().start()), FormatTs(e.window().end()),
+                    e.authority().empty() ? "-" : e.authority(), e.reason()});
+  }
+  PrintTable(out, {"ID", "STATE", "AREA", "FROM", "UNTIL", "AUTHORITY", "REASON"}, rows);
+}
+
+struct DeclareArgs {
+  std::string region, bbox, until, for_duration, reason, start;
+};
+
+void EmergencyDeclare(const Globals& g, const DeclareArgs& a, std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  exchange::v1::DeclareEmergencyRequest req;
+  if (a.region.empty() == a.bbox.empty()) Fail("emergency declare: give one of --region and --bbox");
+  if (!a.region.empty()) {
+    req.mutable_area()->set_region(a.region);
+  } else {
+    std::vector<double> v;
+    std::stringstream ss(a.bbox);
+    std::string part;
+    while (std::getline(ss, part, ',')) {
+      try {
+        v.push_back(std::stod(part));
+      } catch (...) {
+        v.clear();
+        break;
+      }
+    }
+    if (v.size() != 4) {
+      Fail("--bbox: expected SOUTH_LAT,WEST_LON,NORTH_LAT,EAST_LON in degrees, got \"" +
+           a.bbox + "\"");
+    }
+    auto* box = req.mutable_area()->mutable_bounding_box();
+    box->mutable_south_west()->set_latitude(v[0]);
+    box->mutable_south_west()->set_longitude(v[1]);
+    box->mutable_north_east()->set_latitude(v[2]);
+    box->mutable_north_east()->set_longitude(v[3]);
+  }
+  if (a.until.empty() == a.for_duration.empty()) {
+    Fail("emergency declare: give one of --until and --for");
+  }
+  absl::Time start = absl::Now();
+  if (!a.start.empty()) {
+    start = ParseTimeOrFail("--start", a.start);
+    SetTs(start, req.mutable_window()->mutable_start());
+  }
+  absl::Time end = a.until.empty() ? start + ParseDurationOrFail("--for", a.for_duration)
+                                   : ParseTimeOrFail("--until", a.until);
+  SetTs(end, req.mutable_window()->mutable_end());
+  req.set_reason(a.reason);
+  grpc::ClientContext call;
+  SetDeadline(&call);
+  exchange::v1::DeclareEmergencyResponse resp;
+  Check(ctx.endpoint, ExchangeStub(ctx)->DeclareEmergency(&call, req, &resp));
+  if (g.json) {
+    PrintJson(out, ToJson(resp));
+    return;
+  }
+  const auto& e = resp.emergency();
+  out << "declared emergency " << e.id() << " (" << EmergencyStateName(e.state()) << ")\n"
+      << "  area:   " << AreaText(e.area()) << "\n"
+      << "  window: " << FormatTs(e.window().start()) << " .. " << FormatTs(e.window().end())
+      << "\n";
+}
+
+void EmergencyEnd(const Globals& g, const std::string& id, const std::string& reason,
+                  std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  exchange::v1::EndEmergencyRequest req;
+  req.set_id(id);
+  req.set_reason(reason);
+  grpc::ClientContext call;
+  SetDeadline(&call);
+  exchange::v1::EndEmergencyResponse resp;
+  Check(ctx.endpoint, ExchangeStub(ctx)->EndEmergency(&call, req, &resp));
+  if (g.json) {
+    PrintJson(out, ToJson(resp));
+    return;
+  }
+  out << "ended emergency " << resp.emergency().id() << "\n";
+}
+
+void EmergencyList(const Globals& g, bool all, std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  exchange::v1::ListEmergenciesRequest req;
+  req.set_include_ended(all);
+  grpc::ClientContext call;
+  SetDeadline(&call);
+  exchange::v1::ListEmergenciesResponse resp;
+  Check(ctx.endpoint, ExchangeStub(ctx)->ListEmergencies(&call, req, &resp));
+  if (g.json) {
+    PrintJson(out, ToJson(resp));
+    return;
+  }
+  PrintEmergencies(g, resp.emergencies(), out);
+  if (resp.emergencies().empty()) out << "(no emergencies)\n";
+}
+
+struct AuditQueryArgs {
+  std::string principal, data_subject, since, until, action, min_severity;
+  int64_t limit = 0;  // 0 = every page
+};
+
+void AuditQueryCmd(const Globals& g, const AuditQueryArgs& a, std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  auto stub = ExchangeStub(ctx);
+  exchange::v1::QueryAuditRequest req;
+  req.set_principal(a.principal);
+  req.set_data_subject(a.data_subject);
+  req.set_action(a.action);
+  if (!a.since.empty()) SetTs(ParseTimeOrFail("--since", a.since), req.mutable_range()->mutable_start());
+  if (!a.until.empty()) SetTs(ParseTimeOrFail("--until", a.until), req.mutable_range()->mutable_end());
+  if (!a.min_severity.empty()) {
+    exchange::v1::Severity s;
+    if (!exchange::v1::Severity_Parse("SEVERITY_" + Upper(a.min_severity), &s)) {
+      Fail("--min-severity: \"" + a.min_severity + "\" is not info, notice, high or critical");
+    }
+    req.set_min_severity(s);
+  }
+  req.set_page_size(1000);
+  std::vector<exchange::v1::AuditEntry> entries;
+  while (true) {
+    grpc::ClientContext call;
+    SetDeadline(&call);
+    exchange::v1::QueryAuditResponse resp;
+    Check(ctx.endpoint, stub->QueryAudit(&call, req, &resp));
+    for (auto& e : *resp.mutable_entries()) entries.push_back(std::move(e));
+    if (resp.next_page_token().empty() ||
+        (a.limit > 0 && static_cast<int64_t>(entries.size()) >= a.limit)) {
+      break;
+    }
+    req.set_page_token(resp.next_page_token());
+  }
+  if (a.limit > 0 && static_cast<int64_t>(entries.size()) > a.limit) entries.resize(a.limit);
+  if (g.json) {
+    json j{{"entries", json::array()}};
+    for (const auto& e : entries) j["entries"].push_back(ToJson(e));
+    PrintJson(out, j);
+    return;
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& e : entries) {
+    std::string sev = exchange::v1::Severity_Name(e.severity());
+    if (sev.rfind("SEVERITY_", 0) == 0) sev = sev.substr(9);
+    rows.push_back({std::to_string(e.sequence()), FormatTs(e.time()), sev, e.principal(),
+                    e.action(), e.resource().empty() ? "-" : e.resource(),
+                    e.purpose().empty() ? "-" : e.purpose(), EffectName(e.decision()),
+                    std::to_string(e.count() == 0 ? 1 : e.count()),
+                    e.data_subject().empty() ? "-" : e.data_subject(), Join(e.rule_ids())});
+  }
+  PrintTable(out,
+             {"SEQ", "TIME", "SEVERITY", "PRINCIPAL", "ACTION", "RESOURCE", "PURPOSE", "EFFECT",
+              "COUNT", "DATA SUBJECT", "RULES"},
+             rows);
+  if (rows.empty()) out << "(no entries)\n";
+}
+
+int PrintVerify(const Globals& g, const exchange::v1::VerifyAuditResponse& r, std::ostream& out) {
+  if (g.json) {
+    PrintJson(out, ToJson(r));
+  } else if (r.ok()) {
+    out << "audit log OK: " << r.entries_checked() << " entries, " << r.checkpoints_checked()
+        << " signed checkpoints verified";
+    if (r.has_last_good_checkpoint()) {
+      out << " (last checkpoint at sequence " << r.last_good_checkpoint().sequence() << ")";
+    }
+    out << "\n";
+  } else {
+    std::string fault = exchange::v1::AuditFault_Name(r.fault());
+    if (fault.rfind("AUDIT_FAULT_", 0) == 0) fault = fault.substr(12);
+    out << "audit log BROKEN at sequence " << r.first_bad_sequence() << ": " << fault << ": "
+        << r.message() << "\n"
+        << "(" << r.entries_checked() << " entries checked; last good checkpoint at sequence "
+        << r.last_good_checkpoint().sequence() << ")\n";
+  }
+  return r.ok() ? 0 : 1;
+}
+
+int AuditVerify(const Globals& g, uint64_t from, uint64_t to, std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  exchange::v1::VerifyAuditRequest req;
+  req.set_from_sequence(from);
+  req.set_to_sequence(to);
+  grpc::ClientContext call;
+  SetDeadline(&call);
+  exchange::v1::VerifyAuditResponse resp;
+  Check(ctx.endpoint, ExchangeStub(ctx)->VerifyAudit(&call, req, &resp));
+  return PrintVerify(g, resp, out);
+}
+
+int AuditVerifyDir(const Globals& g, const std::string& dir, const std::string& key_file,
+                   std::ostream& out) {
+  std::string key = ReadFileOrFail(key_file);
+  absl::StatusOr<exchange::v1::VerifyAuditResponse> r = VerifyAuditDir(dir, key);
+  if (!r.ok()) Fail("audit verify: " + Msg(r.status()));
+  return PrintVerify(g, *r, out);
+}
+
+// A --where operand: integer, number, true/false, else text.
+exchange::v1::Value ParseValue(const std::string& text) {
+  exchange::v1::Value v;
+  int64_t i;
+  double d;
+  if (absl::SimpleAtoi(text, &i)) {
+    v.set_int_value(i);
+  } else if (absl::SimpleAtod(text, &d) && text.find_first_not_of("0123456789.eE+-") ==
+                                               std::string::npos) {
+    v.set_double_value(d);
+  } else if (text == "true" || text == "false") {
+    v.set_bool_value(text == "true");
+  } else {
+    v.set_string_value(text);
+  }
+  return v;
+}
+
+std::string ValueText(const exchange::v1::Value& v) {
+  switch (v.kind_case()) {
+    case exchange::v1::Value::kBoolValue:
+      return v.bool_value() ? "true" : "false";
+    case exchange::v1::Value::kIntValue:
+      return std::to_string(v.int_value()) + (v.unit().empty() ? "" : " " + v.unit());
+    case exchange::v1::Value::kDoubleValue:
+      return absl::StrFormat("%g", v.double_value()) + (v.unit().empty() ? "" : " " + v.unit());
+    case exchange::v1::Value::kStringValue:
+      return v.string_value();
+    case exchange::v1::Value::kTimeValue:
+      return FormatTs(v.time_value());
+    case exchange::v1::Value::kGeoValue:
+      return absl::StrFormat("%g,%g", v.geo_value().latitude(), v.geo_value().longitude());
+    case exchange::v1::Value::kListValue: {
+      std::string s;
+      for (const auto& e : v.list_value().values()) s += (s.empty() ? "" : ",") + ValueText(e);
+      return "[" + s + "]";
+    }
+    case exchange::v1::Value::kMapValue: {
+      std::string s;
+      std::map<std::string, std::string> sorted;
+      for (const auto& [k, e] : v.map_value().fields()) sorted[k] = ValueText(e);
+      for (const auto& [k, e] : sorted) s += (s.empty() ? "" : " ") + k + "=" + e;
+      return "{" + s + "}";
+    }
+    default:
+      return "null";
+  }
+}
+
+void PrintEntityLine(const exchange::v1::Entity& e, std::ostream& out) {
+  std::map<std::string, std::string> sorted;
+  for (const auto& [k, v] : e.attributes()) sorted[k] = ValueText(v);
+  std::string attrs;
+  for (const auto& [k, v] : sorted) attrs += (attrs.empty() ? "" : " ") + k + "=" + v;
+  out << e.type() << "/" << e.id() << "  v" << e.version() << "  "
+      << FormatTs(e.observed_time()) << "  " << attrs << "\n";
+}
+
+struct QueryArgs {
+  std::string type, purpose;
+  std::vector<std::string> where, projection;
+  int page_size = 0;
+  bool all = false;
+};
+
+void ExchangeQuery(const Globals& g, const QueryArgs& a, std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  auto stub = ExchangeStub(ctx);
+  exchange::v1::QueryRequest req;
+  req.mutable_filter()->set_type(a.type);
+  for (const std::string& w : a.where) {
+    size_t eq = w.find('=');
+    if (eq == std::string::npos || eq == 0) Fail("--where: expected PATH=VALUE, got \"" + w + "\"");
+    auto* f = req.mutable_filter()->add_attributes();
+    f->set_path(w.substr(0, eq));
+    f->set_comparison(exchange::v1::COMPARISON_EQUAL);
+    *f->mutable_value() = ParseValue(w.substr(eq + 1));
+  }
+  req.set_purpose(a.purpose);
+  for (const auto& p : a.projection) req.add_projection(p);
+  req.set_page_size(a.page_size);
+  std::vector<exchange::v1::Entity> entities;
+  std::string next;
+  while (true) {
+    grpc::ClientContext call;
+    SetDeadline(&call);
+    exchange::v1::QueryResponse resp;
+    Check(ctx.endpoint, stub->Query(&call, req, &resp));
+    for (auto& e : *resp.mutable_entities()) entities.push_back(std::move(e));
+    next = resp.next_page_token();
+    if (!a.all || next.empty()) break;
+    req.set_page_token(next);
+  }
+  if (g.json) {
+    json j{{"entities", json::array()}, {"next_page_token", a.all ? "" : next}};
+    for (const auto& e : entities) j["entities"].push_back(ToJson(e));
+    PrintJson(out, j);
+    return;
+  }
+  for (const auto& e : entities) PrintEntityLine(e, out);
+  if (entities.empty()) out << "(no entities)\n";
+  if (!a.all && !next.empty()) out << "(more: --all, or page token " << next << ")\n";
+}
+
+void ExchangeGet(const Globals& g, const std::string& type, const std::string& id,
+                 const std::string& purpose, std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  exchange::v1::GetEntityRequest req;
+  req.set_type(type);
+  req.set_id(id);
+  req.set_purpose(purpose);
+  grpc::ClientContext call;
+  SetDeadline(&call);
+  exchange::v1::GetEntityResponse resp;
+  Check(ctx.endpoint, ExchangeStub(ctx)->GetEntity(&call, req, &resp));
+  if (g.json) {
+    PrintJson(out, ToJson(resp.entity()));
+    return;
+  }
+  PrintEntityLine(resp.entity(), out);
+  for (const auto& o : resp.entity().obligations()) out << "  obligation: " << ObligationText(o) << "\n";
+}
+
+int ExchangeSubscribe(const Globals& g, const std::string& pattern, const std::string& purpose,
+                      const std::string& type, int64_t count, std::ostream& out) {
+  ClientContext ctx = CurrentContext(g);
+  auto stub = ExchangeStub(ctx);
+  grpc::ClientContext call;
+  exchange::v1::SubscribeRequest req;
+  req.set_subject_pattern(pattern);
+  req.set_purpose(purpose);
+  if (!type.empty()) req.mutable_filter()->set_type(type);
+  ActiveCall active(&call);
+  auto reader = stub->Subscribe(&call, req);
+  exchange::v1::SubscribeResponse resp;
+  int64_t seen = 0;
+  while ((count <= 0 || seen < count) && reader->Read(&resp)) {
+    for (const auto& d : resp.deliveries()) {
+      const auto& e = d.event();
+      if (g.json) {
+        json j = ToJson(d);
+        out << j.dump() << "\n";
+      } else {
+        out << FormatTs(e.time()) << "  " << e.subject() << "  " << e.type() << "  " << e.id()
+            << "  " << DataText(e) << "  [" << Join(d.decision().rule_ids()) << "]\n";
+      }
+      out.flush();
+      if (count > 0 && ++seen >= count) break;
+    }
+  }
+  call.TryCancel();
+  grpc::Status s = reader->Finish();
+  if (count > 0 && seen >= count) return 0;
+  if (s.error_code() == grpc::StatusCode::CANCELLED) return 0;
+  Check(ctx.endpoint, s);
+  return 0;
+}
+
 }  // namespace
 
 bool CancelActiveCall() {
@@ -635,7 +1249,7 @@ int Run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   SetLogOptions(LogFormat::kText, LogLevel::kWarn);
   CLI::App app{
       "cityosctl: administer a cityos mesh (certificates, services, streams, "
-      "topics)"};
+      "topics, policies, emergencies, audit, data exchange)"};
   app.require_subcommand(1);
   Globals g;
   app.add_option("--context", g.context,
@@ -745,6 +1359,123 @@ int Run(int argc, char** argv, std::ostream& out, std::ostream& err) {
       ->required();
   tail->add_option("--count", tail_count, "Stop after N events (0: never)");
 
+  // policy
+  CLI::App* policy = app.add_subcommand("policy", "Access policies of the data exchange");
+  policy->require_subcommand(1);
+  PolicyLoadArgs pl;
+  CLI::App* policy_load = policy->add_subcommand(
+      "load", "Load policy documents atomically (a bad file changes nothing)");
+  policy_load->add_option("files", pl.files, "YAML policy files (named by file name)");
+  policy_load->add_flag("--replace-all", pl.replace_all,
+                        "Replace the whole set by FILE... (default: add or replace by name)");
+  policy_load->add_option("--remove", pl.remove, "Remove the document NAME (repeatable)");
+  policy_load->add_option("--expected-revision", pl.expected_revision,
+                          "Load only if this is the current revision");
+  bool policy_content = false;
+  CLI::App* policy_list = policy->add_subcommand("list", "The policy documents in force");
+  policy_list->add_flag("--content", policy_content, "Print each document's YAML too");
+  std::vector<std::string> validate_files;
+  bool validate_merge = false;
+  CLI::App* policy_validate = policy->add_subcommand(
+      "validate", "Compile policy files without loading them; every error with its line "
+                  "(exit 1 if any)");
+  policy_validate->add_option("files", validate_files, "YAML policy files")->required();
+  policy_validate->add_flag("--merge", validate_merge,
+                            "Validate merged into the set in force, as `policy load` would");
+
+  // explain
+  ExplainArgs ea;
+  CLI::App* explain = app.add_subcommand(
+      "explain", "The decision the node would take for a hypothetical request, and why");
+  explain->add_option("--action", ea.action, "publish | subscribe | read | history")->required();
+  explain->add_option("--type", ea.type, "Event or entity type");
+  explain->add_option("--subject", ea.subject, "Bus subject (or pattern, for subscribe)");
+  explain->add_option("--classification", ea.classification,
+                      "public | internal | personal | sensitive");
+  explain->add_option("--purpose", ea.purpose, "Purpose, e.g. medical_care");
+  explain->add_option("--principal", ea.principal,
+                      "SPIFFE id to explain for (default: yourself; needs policy-admin)");
+  explain->add_option("--role", ea.roles, "Assume this role (repeatable; needs policy-admin)");
+  explain->add_option("--data-subject", ea.data_subject, "Pseudonymous person id");
+  explain->add_option("--domain", ea.domain, "Domain, e.g. health");
+  explain->add_option("--owner", ea.owner, "Owning org");
+  explain->add_option("--region", ea.region, "Region code");
+  explain->add_option("--jurisdiction", ea.jurisdiction, "ISO 3166-1 alpha-2 code");
+  explain->add_option("--entity-id", ea.entity_id, "Entity id");
+  explain->add_option("--time", ea.time, "Time of the request, RFC 3339 (default: now)");
+
+  // emergency
+  CLI::App* emergency = app.add_subcommand("emergency", "Emergency mode");
+  emergency->require_subcommand(1);
+  DeclareArgs da;
+  CLI::App* emergency_declare = emergency->add_subcommand(
+      "declare", "Declare an emergency for an area and a time window (disaster-authority)");
+  emergency_declare->add_option("--region", da.region, "Region code, e.g. CN-ZJ-QZ-KC");
+  emergency_declare->add_option("--bbox", da.bbox, "SOUTH_LAT,WEST_LON,NORTH_LAT,EAST_LON");
+  emergency_declare->add_option("--until", da.until, "End of the window, RFC 3339");
+  emergency_declare->add_option("--for", da.for_duration, "Length of the window, e.g. 12h");
+  emergency_declare->add_option("--start", da.start, "Start of the window (default: now)");
+  emergency_declare->add_option("--reason", da.reason, "Why")->required();
+  std::string end_id, end_reason;
+  CLI::App* emergency_end =
+      emergency->add_subcommand("end", "End an emergency early (disaster-authority)");
+  emergency_end->add_option("id", end_id, "Emergency id")->required();
+  emergency_end->add_option("--reason", end_reason, "Why")->required();
+  bool emergency_all = false;
+  CLI::App* emergency_list = emergency->add_subcommand("list", "Emergencies, newest first");
+  emergency_list->add_flag("--all", emergency_all, "Also ended and expired ones");
+
+  // audit
+  CLI::App* audit = app.add_subcommand("audit", "The signed, hash-chained audit log");
+  audit->require_subcommand(1);
+  AuditQueryArgs aq;
+  CLI::App* audit_query = audit->add_subcommand(
+      "query", "Audit entries (auditors see all; a user, entries about itself)");
+  audit_query->add_option("--principal", aq.principal, "Only entries by this SPIFFE id");
+  audit_query->add_option("--data-subject", aq.data_subject, "Only entries about this person");
+  audit_query->add_option("--since", aq.since, "From this time, RFC 3339");
+  audit_query->add_option("--until", aq.until, "Before this time, RFC 3339");
+  audit_query->add_option("--action", aq.action, "Only this action, e.g. read or policy.load");
+  audit_query->add_option("--min-severity", aq.min_severity, "info | notice | high | critical");
+  audit_query->add_option("--limit", aq.limit, "At most N entries (default: all)");
+  uint64_t verify_from = 0, verify_to = 0;
+  std::string verify_dir, verify_key;
+  CLI::App* audit_verify = audit->add_subcommand(
+      "verify", "Check the hash chain and checkpoint signatures (exit 1 naming the first bad "
+                "entry); on the node (auditor), or offline with --dir and --public-key");
+  audit_verify->add_option("--from", verify_from, "First sequence (default: 1)");
+  audit_verify->add_option("--to", verify_to, "Last sequence (default: newest)");
+  auto* dir_opt = audit_verify->add_option("--dir", verify_dir, "A copy of an audit directory");
+  auto* key_opt =
+      audit_verify->add_option("--public-key", verify_key, "The node's audit public key (PEM)");
+  dir_opt->needs(key_opt);
+  key_opt->needs(dir_opt);
+
+  // exchange
+  CLI::App* exch = app.add_subcommand("exchange", "Read city data through the exchange");
+  exch->require_subcommand(1);
+  QueryArgs qa;
+  CLI::App* exch_query = exch->add_subcommand("query", "Entities of a type you may read");
+  exch_query->add_option("--type", qa.type, "Entity type")->required();
+  exch_query->add_option("--purpose", qa.purpose, "Purpose of the read")->required();
+  exch_query->add_option("--where", qa.where, "PATH=VALUE condition (repeatable)");
+  exch_query->add_option("--project", qa.projection, "Only this attribute path (repeatable)");
+  exch_query->add_option("--page-size", qa.page_size, "Entities per page (default 100)");
+  exch_query->add_flag("--all", qa.all, "Fetch every page");
+  std::string get_type, get_id, get_purpose;
+  CLI::App* exch_get = exch->add_subcommand("get", "One entity");
+  exch_get->add_option("type", get_type, "Entity type")->required();
+  exch_get->add_option("id", get_id, "Entity id")->required();
+  exch_get->add_option("--purpose", get_purpose, "Purpose of the read")->required();
+  std::string sub_pattern, sub_purpose, sub_type;
+  int64_t sub_count = 0;
+  CLI::App* exch_sub = exch->add_subcommand(
+      "subscribe", "Print the events on PATTERN you may receive, as they come, until Ctrl-C");
+  exch_sub->add_option("pattern", sub_pattern, "Subject pattern")->required();
+  exch_sub->add_option("--purpose", sub_purpose, "Purpose")->required();
+  exch_sub->add_option("--type", sub_type, "Only events of this type");
+  exch_sub->add_option("--count", sub_count, "Stop after N events (0: never)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -779,6 +1510,31 @@ int Run(int argc, char** argv, std::ostream& out, std::ostream& err) {
       StreamsInfo(g, stream_name, out);
     else if (tail->parsed())
       return TopicsTail(g, pattern, tail_count, out, err);
+    else if (policy_load->parsed())
+      PolicyLoad(g, pl, out);
+    else if (policy_list->parsed())
+      PolicyList(g, policy_content, out);
+    else if (policy_validate->parsed())
+      return PolicyValidate(g, validate_files, validate_merge, out);
+    else if (explain->parsed())
+      Explain(g, ea, out);
+    else if (emergency_declare->parsed())
+      EmergencyDeclare(g, da, out);
+    else if (emergency_end->parsed())
+      EmergencyEnd(g, end_id, end_reason, out);
+    else if (emergency_list->parsed())
+      EmergencyList(g, emergency_all, out);
+    else if (audit_query->parsed())
+      AuditQueryCmd(g, aq, out);
+    else if (audit_verify->parsed())
+      return verify_dir.empty() ? AuditVerify(g, verify_from, verify_to, out)
+                                : AuditVerifyDir(g, verify_dir, verify_key, out);
+    else if (exch_query->parsed())
+      ExchangeQuery(g, qa, out);
+    else if (exch_get->parsed())
+      ExchangeGet(g, get_type, get_id, get_purpose, out);
+    else if (exch_sub->parsed())
+      return ExchangeSubscribe(g, sub_pattern, sub_purpose, sub_type, sub_count, out);
   } catch (const CommandError& e) {
     out.flush();
     err << "cityosctl: " << e.message << "\n";

@@ -3,6 +3,12 @@
 //
 //   cityosctl [--context NAME] [--config FILE] [--json] <command> ...
 //
+// Commands: context, ca, cert, services, streams, topics (the mesh); policy
+// load|list|validate, explain, emergency declare|end|list, audit
+// query|verify, exchange query|get|subscribe (the data exchange).
+// `audit verify` and `policy validate` exit 1 when they find a fault (the
+// first bad audit entry, or the policy errors, are printed on `out`).
+//
 // Exit status: 0 on success, 1 on any error (a one-line message on `err`,
 // e.g. "cityosctl: cannot connect to 127.0.0.1:7443: ..."), 2 on a usage
 // error.

@@ -2,6 +2,7 @@
 
 #include "bus_plugin.h"
 #include "cityos/status.h"
+#include "exchange_plugin.h"
 #include "registry_plugin.h"
 
 namespace cityos {
@@ -11,6 +12,7 @@ absl::Status RegisterBuiltinPlugins(PluginRegistry& registry) {
   // plug-ins land (bus, registry, exchange, infobank, carbon, trading).
   CITYOS_RETURN_IF_ERROR(RegisterBusPlugin(registry));
   CITYOS_RETURN_IF_ERROR(RegisterRegistryPlugin(registry));
+  CITYOS_RETURN_IF_ERROR(RegisterExchangePlugin(registry));
   return absl::OkStatus();
 }
 

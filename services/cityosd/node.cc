@@ -12,11 +12,13 @@
 #include "absl/strings/numbers.h"
 #include "absl/synchronization/mutex.h"
 #include "bus_config.h"
+#include "cityos/audit.h"
 #include "cityos/bus.h"
 #include "cityos/ca.h"
 #include "cityos/clock.h"
 #include "cityos/metrics.h"
 #include "cityos/observability.h"
+#include "cityos/policy.h"
 #include "cityos/principal.h"
 #include "cityos/status.h"
 #include "cityos/tls.h"
@@ -111,6 +113,7 @@ class NodeImpl final : public Node, private PluginContext {
         plugins_(std::move(plugins)),
         clock_(clock) {
     info_ = config_.info;
+    info_.trust_domain = config_.trust_domain;
   }
 
   ~NodeImpl() override { Shutdown(); }
@@ -125,7 +128,11 @@ class NodeImpl final : public Node, private PluginContext {
     ::chmod(info_.data_dir.c_str(), 0700);
     absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = MakeCredentials();
     if (!credentials.ok()) return Annotate(credentials.status(), "node.tls");
-    CITYOS_RETURN_IF_ERROR(OpenBus());
+    CITYOS_RETURN_IF_ERROR(OpenAccessControl());
+    if (absl::Status s = OpenBus(); !s.ok()) {
+      CloseAccessControl();
+      return s;
+    }
     if (!config_.metrics_listen.empty()) {
       auto http = MetricsHttpServer::Start(config_.metrics_listen, MetricsRegistry::Global());
       if (!http.ok()) {
@@ -220,7 +227,15 @@ class NodeImpl final : public Node, private PluginContext {
       // Plaintext: no caller identity exists; every call acts as the node.
       return Principal::Node(config_.trust_domain, info_.name);
     }
-    return PeerPrincipal(call);
+    absl::StatusOr<Principal> peer = PeerPrincipal(call);
+    if (peer.ok() && peer->org == Principal::Node(config_.trust_domain, info_.name).org) {
+      // The node's own identity is in-process only: the PDP trusts it with
+      // everything, so no certificate may claim it.
+      return absl::UnauthenticatedError(absl::StrCat(
+          "peer ", peer->SpiffeId(), ": org \"", peer->org,
+          "\" is reserved for the node's in-process identity"));
+    }
+    return peer;
   }
 
   // The server credentials of the configured transport; for `tls: auto`,
@@ -282,6 +297,8 @@ class NodeImpl final : public Node, private PluginContext {
     LogInfo("node", "cityosctl context written",
             {{"file", *path}, {"context", context.name}, {"endpoint", context.endpoint}});
   }
+  PolicyDecisionPoint* policy() override { return pdp_.get(); }
+  AuditLog* audit() override { return audit_.get(); }
   absl::StatusOr<std::string> PluginDataDir(std::string_view plugin) override {
     std::filesystem::path dir = std::filesystem::path(info_.data_dir) / plugin;
     std::error_code ec;
@@ -294,13 +311,81 @@ class NodeImpl final : public Node, private PluginContext {
     return dir.string();
   }
 
+  // Opens the audit log (<data_dir>/audit) and the policy decision point
+  // (<data_dir>/policy), loads `policy.files`, and makes the bus authorizer.
+  absl::Status OpenAccessControl() {
+    std::filesystem::path data(info_.data_dir);
+    const Principal self = Principal::Node(config_.trust_domain, info_.name);
+    absl::StatusOr<std::unique_ptr<AuditLog>> audit =
+        AuditLog::Open({.dir = (data / "audit").string(),
+                        .signing_key_file = config_.audit.signing_key,
+                        .node = info_.name,
+                        .clock = clock_,
+                        .checkpoint_every = config_.audit.checkpoint_every,
+                        .checkpoint_interval = config_.audit.checkpoint_interval});
+    if (!audit.ok()) return Annotate(audit.status(), "audit");
+    audit_ = *std::move(audit);
+    std::vector<std::pair<std::string, std::string>> orgs = config_.policy.org_jurisdictions;
+    jurisdictions_ = MakeTableJurisdictionResolver(std::move(orgs), config_.policy.jurisdiction);
+    PdpOptions options{.clock = clock_,
+                       .audit = audit_.get(),
+                       .state_dir = (data / "policy").string(),
+                       .node = self,
+                       .node_name = info_.name,
+                       .max_emergency = config_.policy.max_emergency,
+                       .cache_capacity = config_.policy.cache_capacity};
+    absl::StatusOr<std::unique_ptr<PolicyDecisionPoint>> pdp = PolicyDecisionPoint::Create(options);
+    if (!pdp.ok()) {
+      CloseAccessControl();
+      return Annotate(pdp.status(), "policy");
+    }
+    pdp_ = *std::move(pdp);
+    pdp_->SetJurisdictionResolver(jurisdictions_.get());
+    for (const PurposeInfo& purpose : config_.policy.purposes) {
+      if (absl::Status s = pdp_->RegisterPurpose(self, purpose); !s.ok()) {
+        CloseAccessControl();
+        return Annotate(s, "policy.purposes");
+      }
+    }
+    absl::StatusOr<std::vector<PolicyDocumentText>> docs = ReadPolicyFiles(config_.policy.files);
+    absl::StatusOr<PolicySetInfo> loaded =
+        docs.ok() ? pdp_->Load(self, *std::move(docs), {.replace_all = true})
+                  : absl::StatusOr<PolicySetInfo>(docs.status());
+    if (!loaded.ok()) {
+      CloseAccessControl();
+      return Annotate(loaded.status(), "policy.files");
+    }
+    bus_authorizer_ = MakePolicyBusAuthorizer(pdp_.get(), audit_.get());
+    LogInfo("node", "policy decision point ready",
+            {{"revision", std::to_string(loaded->revision)},
+             {"documents", std::to_string(loaded->documents.size())},
+             {"rules", std::to_string(loaded->rules)},
+             {"audit_key_id", audit_->key_id()}});
+    return absl::OkStatus();
+  }
+
+  // Closes the PDP and then the audit log (after the bus and plug-ins, which
+  // decide and audit until they stop). Idempotent.
+  void CloseAccessControl() {
+    bus_authorizer_.reset();
+    pdp_.reset();
+    jurisdictions_.reset();
+    if (audit_ != nullptr) {
+      if (absl::Status s = audit_->Close(); !s.ok()) {
+        LogError("node", "closing the audit log failed", {{"error", std::string(s.message())}});
+      }
+      audit_.reset();
+    }
+  }
+
   // Opens the bus in <data_dir>/bus and creates the configured streams
   // (idempotent; a stream that exists with another configuration is an
   // error naming it).
   absl::Status OpenBus() {
     std::string dir = (std::filesystem::path(info_.data_dir) / "bus").string();
-    absl::StatusOr<std::unique_ptr<Bus>> bus =
-        Bus::Open(MakeBusOptions(bus_config_, dir, clock_));
+    BusOptions options = MakeBusOptions(bus_config_, dir, clock_);
+    options.authorizer = bus_authorizer_.get();
+    absl::StatusOr<std::unique_ptr<Bus>> bus = Bus::Open(std::move(options));
     if (!bus.ok()) return Annotate(bus.status(), "bus");
     bus_ = *std::move(bus);
     const Principal self = Principal::Node(config_.trust_domain, info_.name);
@@ -317,6 +402,10 @@ class NodeImpl final : public Node, private PluginContext {
 
   // Closes the bus (after the plug-ins stopped). Idempotent.
   void CloseBus() {
+    CloseBusOnly();
+    CloseAccessControl();
+  }
+  void CloseBusOnly() {
     if (bus_ == nullptr || bus_closed_) return;
     bus_closed_ = true;
     if (absl::Status s = bus_->Close(); !s.ok()) {
@@ -340,6 +429,12 @@ class NodeImpl final : public Node, private PluginContext {
   TlsConfig tls_;
   DevPki dev_pki_;
   BusNodeConfig bus_config_;
+  // The audit log, the PDP and the bus authorizer over it: outlive the bus
+  // and the plug-ins (declared before them), which hold pointers to them.
+  std::unique_ptr<AuditLog> audit_;
+  std::unique_ptr<JurisdictionResolver> jurisdictions_;
+  std::unique_ptr<PolicyDecisionPoint> pdp_;
+  std::unique_ptr<BusAuthorizer> bus_authorizer_;
   // Outlives the plug-ins (declared before them), which may hold Bus*.
   std::unique_ptr<Bus> bus_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;
@@ -357,7 +452,7 @@ class NodeImpl final : public Node, private PluginContext {
 
 absl::StatusOr<NodeConfig> ParseNodeConfig(const ConfigNode& root,
                                            const PluginRegistry& registry) {
-  CITYOS_RETURN_IF_ERROR(root.CheckKeys({"node", "bus", "plugins"}));
+  CITYOS_RETURN_IF_ERROR(root.CheckKeys({"node", "bus", "policy", "audit", "plugins"}));
   NodeConfig config;
   CITYOS_ASSIGN_OR_RETURN(ConfigNode node, root.Child("node"));
   CITYOS_RETURN_IF_ERROR(node.CheckKeys(
@@ -389,6 +484,10 @@ absl::StatusOr<NodeConfig> ParseNodeConfig(const ConfigNode& root,
   CITYOS_ASSIGN_OR_RETURN(config.shutdown_grace,
                           node.GetDuration("shutdown_grace", absl::Seconds(5)));
   CITYOS_RETURN_IF_ERROR(ParseTransport(node, config));
+  CITYOS_ASSIGN_OR_RETURN(ConfigNode policy, root.ChildOrEmpty("policy"));
+  CITYOS_ASSIGN_OR_RETURN(config.policy, ParsePolicyConfig(policy));
+  CITYOS_ASSIGN_OR_RETURN(ConfigNode audit, root.ChildOrEmpty("audit"));
+  CITYOS_ASSIGN_OR_RETURN(config.audit, ParseAuditConfig(audit));
   CITYOS_ASSIGN_OR_RETURN(config.bus_section, root.ChildOrEmpty("bus"));
   CITYOS_RETURN_IF_ERROR(ParseBusConfig(config.bus_section).status());
 

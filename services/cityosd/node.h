@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "access_config.h"
 #include "cityos/config.h"
 #include "cityos/logging.h"
 #include "cityos/plugin.h"
@@ -59,6 +60,10 @@ struct NodeConfig {
   std::string metrics_listen;
   // The `bus` section (streams and limits), an empty map when absent.
   ConfigNode bus_section = ConfigNode::EmptyMap("", "bus");
+  // The `policy` section (policy files, purposes, jurisdictions) and the
+  // `audit` section (checkpoint signing), checked; see access_config.h.
+  PolicyNodeConfig policy;
+  AuditNodeConfig audit;
   std::vector<PluginSpec> plugins;
 };
 
@@ -68,9 +73,11 @@ absl::StatusOr<NodeConfig> ParseNodeConfig(const ConfigNode& root,
                                            const PluginRegistry& registry);
 
 // A running node. Create() does everything that can fail on bad config, before
-// any port is bound; Start() opens the data dir, opens the bus in
-// <data_dir>/bus (creating the streams of the `bus:` section), starts plug-ins
-// and binds.
+// any port is bound; Start() opens the data dir, the audit log in
+// <data_dir>/audit, the policy decision point (loading `policy.files`; state
+// in <data_dir>/policy), the bus in <data_dir>/bus (creating the streams of
+// the `bus:` section, every publish and subscribe decided by the PDP), starts
+// plug-ins and binds.
 class Node {
  public:
   static absl::StatusOr<std::unique_ptr<Node>> Create(NodeConfig config,

@@ -286,7 +286,8 @@ TEST(DevPki, CreatesOnceThenReusesAndCoversTheListenHost) {
   ASSERT_TRUE(admin.ok());
   EXPECT_THAT(admin->uris,
               ElementsAre("spiffe://demo.city/org/city/user/admin"));
-  EXPECT_THAT(admin->roles, ElementsAre("admin"));
+  EXPECT_THAT(admin->roles,
+              ElementsAre("admin", "policy-admin", "auditor", "disaster-authority"));
 
   auto second = EnsureDevPki(options);
   ASSERT_TRUE(second.ok());

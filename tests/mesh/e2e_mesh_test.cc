@@ -169,6 +169,27 @@ class MeshE2eTest : public ::testing::Test {
     ::setenv("CITYOS_CONFIG", context_file_.c_str(), 1);
     data_ = dir_.File("data");
     config_ = dir_.File("node.yaml");
+    // Every publish and subscribe is decided by the node's PDP (default
+    // deny): transit publishes trips, admins publish test pings; the city
+    // reads them raw (as the operator of the dashboards, a public task).
+    testing::WriteFile(dir_.File("mesh-policy.yaml"),
+                       "rules:\n"
+                       "  - id: transit-publishes-mobility\n"
+                       "    effect: allow\n"
+                       "    actions: [publish]\n"
+                       "    principal: {orgs: [transit]}\n"
+                       "    resource: {subjects: [\"mobility.>\"]}\n"
+                       "  - id: admins-publish-test-pings\n"
+                       "    effect: allow\n"
+                       "    actions: [publish]\n"
+                       "    principal: {roles: [admin]}\n"
+                       "    resource: {subjects: [\"mobility.tail.>\"]}\n"
+                       "  - id: city-reads-mobility\n"
+                       "    effect: allow\n"
+                       "    actions: [subscribe]\n"
+                       "    principal: {orgs: [city]}\n"
+                       "    resource: {subjects: [\"mobility.>\"]}\n"
+                       "    legal_basis: public_task\n");
     testing::WriteFile(config_,
                        "node:\n"
                        "  name: e2e\n"
@@ -180,6 +201,10 @@ class MeshE2eTest : public ::testing::Test {
                            "  org: city\n"
                            "  tls: auto\n"
                            "  shutdown_grace: 1s\n"
+                           "policy:\n"
+                           "  files: [" +
+                           dir_.File("mesh-policy.yaml") +
+                           "]\n"
                            "bus:\n"
                            "  streams:\n"
                            "    - name: mobility\n"

@@ -115,6 +115,15 @@ TEST_F(StandaloneTest, BusJoinsTheMeshWithItsOwnCertificate) {
                     "transit", "--svc", "bus", "--ip", "127.0.0.1", "--out",
                     dir_.File("certs/bus")});
   ASSERT_EQ(issued.code, 0) << issued.err;
+  // The transit bus decides every publish: the city's admins may publish
+  // trips (default deny otherwise).
+  testing::WriteFile(dir_.File("bus-policy.yaml"),
+                     "rules:\n"
+                     "  - id: city-admins-publish-trips\n"
+                     "    effect: allow\n"
+                     "    actions: [publish]\n"
+                     "    principal: {orgs: [city], roles: [admin]}\n"
+                     "    resource: {subjects: [\"trips.>\"]}\n");
   testing::WriteFile(dir_.File("bus.yaml"),
                      "node:\n"
                      "  name: transit-bus\n"
@@ -137,6 +146,10 @@ TEST_F(StandaloneTest, BusJoinsTheMeshWithItsOwnCertificate) {
                          "    crl: " +
                          data +
                          "/pki/ca/crl.pem\n"
+                         "policy:\n"
+                         "  files: [" +
+                         dir_.File("bus-policy.yaml") +
+                         "]\n"
                          "bus:\n"
                          "  streams:\n"
                          "    - name: trips\n"

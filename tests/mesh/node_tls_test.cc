@@ -163,7 +163,9 @@ TEST_F(NodeTlsTest, AutoCreatesDevPkiAndContextThenAdminGetsIn) {
               HealthStatus::kServing);
     auto who = WhoAmI(channel);
     ASSERT_TRUE(who.ok()) << who.status();
-    EXPECT_EQ(*who, "spiffe://demo.city/org/city/user/admin|admin");
+    EXPECT_EQ(*who,
+              "spiffe://demo.city/org/city/user/admin|admin|policy-admin|auditor|"
+              "disaster-authority");
 
     // Plaintext gets nowhere.
     auto plain =

@@ -721,6 +721,8 @@ class TestPluginContext final : public PluginContext {
   const NodeInfo& node() const override { return info_; }
   Clock* clock() override { return clock_; }
   Bus* bus() override { return nullptr; }  // the registry does not use the bus
+  PolicyDecisionPoint* policy() override { return nullptr; }
+  AuditLog* audit() override { return nullptr; }
   absl::StatusOr<std::string> PluginDataDir(std::string_view plugin) override {
     return absl::FailedPreconditionError("the registry keeps no files");
   }

@@ -224,6 +224,9 @@ class BusAuthorizer {
   virtual absl::Status CanSubscribe(const Principal& who, const SubscribeOptions& what) = 0;
   // `action` is one of "create_stream", "delete_stream", "create_consumer",
   // "delete_consumer", "read_info"; `stream` names the stream concerned.
+  // The bus also lets a principal create, inspect and delete the consumers
+  // of a stream when CanSubscribe allows it every pattern the stream
+  // captures, whatever this answers.
   virtual absl::Status CanAdminister(const Principal& who, std::string_view action,
                                      std::string_view stream) = 0;
 };

@@ -32,9 +32,11 @@ class Service;
 
 namespace cityos {
 
+class AuditLog;
 class Bus;
 class Clock;
 class ConfigNode;
+class PolicyDecisionPoint;
 
 // Facts about the hosting node.
 struct NodeInfo {
@@ -45,6 +47,10 @@ struct NodeInfo {
   // The address the node's gRPC server listens on, after binding
   // (e.g. "127.0.0.1:7443"; the real port when the config asked for port 0).
   std::string listen_address;
+  // The node's SPIFFE trust domain (`node.trust_domain`): with `name`, it
+  // makes the node's own principal, Principal::Node(trust_domain, name).
+  // Empty means the default, "local".
+  std::string trust_domain;
 };
 
 // What a node hands a plug-in at start. Owned by the node; valid until the
@@ -57,6 +63,12 @@ class PluginContext {
   virtual Clock* clock() = 0;
   // The node's data bus. Never null.
   virtual Bus* bus() = 0;
+  // The node's policy decision point (cityos/policy.h): the one place access
+  // is decided. Plug-ins that answer a hook (consent, contract) set it at
+  // Start and reset it to null at Stop. Never null.
+  virtual PolicyDecisionPoint* policy() = 0;
+  // The node's audit log (cityos/audit.h). Never null.
+  virtual AuditLog* audit() = 0;
   // Creates (if needed) and returns `<data_dir>/<plugin name>`, the plug-in's
   // own directory for state.
   virtual absl::StatusOr<std::string> PluginDataDir(std::string_view plugin) = 0;

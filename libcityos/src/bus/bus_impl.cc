@@ -504,9 +504,7 @@ class BusImpl final : public Bus {
         return absl::InvalidArgumentError(absl::StrCat("subscribe: ", s.message()));
       }
     }
-    if (options_.authorizer != nullptr) {
-      CITYOS_RETURN_IF_ERROR(options_.authorizer->CanSubscribe(who, o));
-    }
+    CITYOS_RETURN_IF_ERROR(AuthorizeSubscribe(who, o));
     uint64_t id = next_sub_id_.fetch_add(1);
     if (!o.consumer.empty()) {
       CITYOS_ASSIGN_OR_RETURN(uint64_t member, backend_->JoinConsumer(o.stream, o.consumer));
@@ -587,20 +585,20 @@ class BusImpl final : public Bus {
 
   absl::StatusOr<ConsumerInfo> CreateConsumer(const Principal& who,
                                               const ConsumerConfig& config) override {
-    CITYOS_RETURN_IF_ERROR(Authorize(who, "create_consumer", config.stream));
+    CITYOS_RETURN_IF_ERROR(AuthorizeConsumer(who, "create_consumer", config.stream));
     CITYOS_RETURN_IF_ERROR(bus_internal::ValidateConsumerConfig(config));
     return backend_->CreateConsumer(config);
   }
 
   absl::Status DeleteConsumer(const Principal& who, std::string_view stream,
                               std::string_view name) override {
-    CITYOS_RETURN_IF_ERROR(Authorize(who, "delete_consumer", stream));
+    CITYOS_RETURN_IF_ERROR(AuthorizeConsumer(who, "delete_consumer", stream));
     return backend_->DeleteConsumer(stream, name);
   }
 
   absl::StatusOr<ConsumerInfo> GetConsumer(const Principal& who, std::string_view stream,
                                            std::string_view name) override {
-    CITYOS_RETURN_IF_ERROR(Authorize(who, "read_info", stream));
+    CITYOS_RETURN_IF_ERROR(AuthorizeConsumer(who, "read_info", stream));
     return backend_->GetConsumer(stream, name);
   }
 
@@ -617,7 +615,7 @@ class BusImpl final : public Bus {
       SubscribeOptions o;
       o.stream = std::string(stream);
       o.consumer = std::string(consumer);
-      CITYOS_RETURN_IF_ERROR(options_.authorizer->CanSubscribe(who, o));
+      CITYOS_RETURN_IF_ERROR(AuthorizeSubscribe(who, o));
     }
     return backend_->Ack(stream, consumer, acks, naks);
   }
@@ -775,6 +773,46 @@ class BusImpl final : public Bus {
                          std::string_view stream) {
     if (options_.authorizer == nullptr) return absl::OkStatus();
     return options_.authorizer->CanAdminister(who, action, stream);
+  }
+
+  // Live subscriptions are decided on their pattern. Replay and durable ones
+  // read only what their stream captures: without a filter pattern they are
+  // decided on each of the stream's patterns; with one, on the filter, or
+  // else on the stream's patterns (a filter such as `>` is no wider than the
+  // stream it reads).
+  absl::Status AuthorizeSubscribe(const Principal& who, const SubscribeOptions& o) {
+    if (options_.authorizer == nullptr) return absl::OkStatus();
+    absl::Status direct = absl::PermissionDeniedError(
+        absl::StrCat("subscribe to stream ", o.stream, " denied"));
+    if (!o.subject_pattern.empty() || o.stream.empty()) {
+      direct = options_.authorizer->CanSubscribe(who, o);
+      if (direct.ok() || o.stream.empty()) return direct;
+    }
+    absl::StatusOr<StreamInfo> info = backend_->GetStream(o.stream);
+    if (!info.ok() || info->config.subjects.empty()) return direct;
+    for (const std::string& pattern : info->config.subjects) {
+      SubscribeOptions each = o;
+      each.subject_pattern = pattern;
+      CITYOS_RETURN_IF_ERROR(options_.authorizer->CanSubscribe(who, each));
+    }
+    return absl::OkStatus();
+  }
+
+  // Consumers of one stream: administrators, and whoever may subscribe to
+  // every subject the stream captures (a durable consumer is a standing
+  // subscription to the whole stream, so it grants nothing more).
+  absl::Status AuthorizeConsumer(const Principal& who, std::string_view action,
+                                 std::string_view stream) {
+    absl::Status admin = Authorize(who, action, stream);
+    if (admin.ok()) return admin;
+    absl::StatusOr<StreamInfo> info = backend_->GetStream(stream);
+    if (!info.ok() || info->config.subjects.empty()) return admin;
+    for (const std::string& pattern : info->config.subjects) {
+      SubscribeOptions o;
+      o.subject_pattern = pattern;
+      if (!options_.authorizer->CanSubscribe(who, o).ok()) return admin;
+    }
+    return absl::OkStatus();
   }
 
   void Track(uint64_t id, Tracked* sub) {

@@ -285,6 +285,11 @@ class CityCaImpl final : public CityCa {
           "org and name must be 1-128 characters of [A-Za-z0-9._-]: ",
           p.status().message()));
     }
+    if (spec.org == Principal::Node("x", "x").org) {
+      // The node's in-process identity, which the PDP trusts with everything.
+      return absl::InvalidArgumentError(absl::StrCat(
+          "org \"", spec.org, "\" is reserved for the node's in-process identity"));
+    }
     for (const std::string& r : spec.roles) {
       if (!ValidRole(r)) {
         return absl::InvalidArgumentError(absl::StrCat(

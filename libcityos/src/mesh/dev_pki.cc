@@ -120,7 +120,11 @@ absl::StatusOr<DevPki> EnsureDevPki(const DevPkiOptions& options) {
     CITYOS_RETURN_IF_ERROR(ca->Issue({.org = options.org,
                                       .kind = PrincipalKind::kUser,
                                       .name = "admin",
-                                      .roles = {"admin"},
+                                      // The development city's operator: runs
+                                      // the bus, loads policies, reads the
+                                      // audit and may declare emergencies.
+                                      .roles = {"admin", "policy-admin", "auditor",
+                                                "disaster-authority"},
                                       .validity = kLeafValidity,
                                       .out = admin_out})
                                .status());

@@ -134,6 +134,8 @@ absl::StatusOr<event::v1::Event> BenchContext::SampleEvent(
 absl::Status RegisterAllScenarios(ScenarioRegistry& registry) {
   if (absl::Status s = RegisterBusScenarios(registry); !s.ok()) return s;
   if (absl::Status s = RegisterBusGrpcScenarios(registry); !s.ok()) return s;
+  if (absl::Status s = RegisterPolicyScenarios(registry); !s.ok()) return s;
+  if (absl::Status s = RegisterExchangeScenarios(registry); !s.ok()) return s;
   return absl::OkStatus();
 }
 

@@ -155,6 +155,8 @@ absl::Status RegisterBusScenarios(
     ScenarioRegistry& registry);  // bus_scenarios.cc
 absl::Status RegisterBusGrpcScenarios(
     ScenarioRegistry& registry);  // bus_grpc_scenarios.cc
+absl::Status RegisterPolicyScenarios(ScenarioRegistry& registry);  // policy_scenarios.cc
+absl::Status RegisterExchangeScenarios(ScenarioRegistry& registry);  // exchange_scenarios.cc
 
 }  // namespace cityos::bench
 

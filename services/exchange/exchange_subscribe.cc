@@ -1,0 +1,624 @@
+#include "exchange_subscribe.h"
+
+#include <algorithm>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "google/protobuf/arena.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "cityos/grpc_util.h"
+#include "cityos/logging.h"
+#include "cityos/proto_time.h"
+#include "cityos/subject.h"
+
+namespace cityos {
+namespace {
+
+using exchange::v1::SubscribeRequest;
+using exchange::v1::SubscribeResponse;
+
+grpc::Status Invalid(std::string message) {
+  return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(message));
+}
+
+// Whether the filter has conditions that need the entity view (beyond the
+// envelope attributes type, owner and data subject).
+bool NeedsEntity(const exchange::v1::EntityFilter& f) {
+  return f.ids_size() > 0 || f.attributes_size() > 0 || f.has_area() || f.has_observed();
+}
+
+std::vector<std::string_view> Tokens(std::string_view s) {
+  std::vector<std::string_view> out;
+  size_t start = 0;
+  while (true) {
+    size_t dot = s.find('.', start);
+    out.push_back(s.substr(start, dot == std::string_view::npos ? dot : dot - start));
+    if (dot == std::string_view::npos) return out;
+    start = dot + 1;
+  }
+}
+
+}  // namespace
+
+ObligationApplier& RecipientAppliers::For(const std::string& org) {
+  absl::MutexLock lock(&mu_);
+  auto it = appliers_.find(org);
+  if (it == appliers_.end()) {
+    it = appliers_
+             .emplace(org, std::make_unique<ObligationApplier>(
+                               PseudonymKey::ForRecipient(secret_, org)))
+             .first;
+  }
+  return *it->second;
+}
+
+std::string MakeResumeToken(std::string_view stream, uint64_t sequence) {
+  // Built by hand: one per delivered event.
+  char digits[24];
+  char* end = digits + sizeof(digits);
+  char* p = end;
+  do {
+    *--p = static_cast<char>('0' + sequence % 10);
+    sequence /= 10;
+  } while (sequence != 0);
+  std::string token;
+  token.reserve(stream.size() + 1 + static_cast<size_t>(end - p));
+  token.append(stream);
+  token.push_back(':');
+  token.append(p, end);
+  return token;
+}
+
+absl::StatusOr<std::pair<std::string, uint64_t>> ParseResumeToken(std::string_view token) {
+  size_t colon = token.rfind(':');
+  uint64_t seq = 0;
+  if (colon == std::string_view::npos || colon == 0 ||
+      !absl::SimpleAtoi(absl::string_view(token.data() + colon + 1, token.size() - colon - 1),
+                        &seq) ||
+      seq == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("resume_token: \"%s\" is not a token from an earlier delivery", token));
+  }
+  return std::make_pair(std::string(token.substr(0, colon)), seq);
+}
+
+bool PatternCovers(std::string_view outer, std::string_view inner) {
+  std::vector<std::string_view> o = Tokens(outer), in = Tokens(inner);
+  for (size_t i = 0; i < o.size(); ++i) {
+    if (o[i] == ">") return i < in.size();
+    if (i >= in.size()) return false;
+    if (in[i] == ">") return false;  // `>` is only covered by `>`
+    if (o[i] == "*") continue;
+    if (in[i] == "*" || in[i] != o[i]) return false;
+  }
+  return o.size() == in.size();
+}
+
+struct SubscriptionHub::Live {
+  Principal who;
+  std::string purpose;
+  std::string pattern;
+  exchange::v1::EntityFilter filter;
+
+  std::mutex mu;
+  // Null once the stream ended (the handler is about to destroy it).
+  Subscription* bus_sub ABSL_GUARDED_BY(mu) = nullptr;
+  // The last event delivered, and how it was decided: what the re-check
+  // decides again.
+  MessagePtr last_event ABSL_GUARDED_BY(mu);
+  std::optional<std::pair<double, double>> last_location ABSL_GUARDED_BY(mu);
+  Action last_action ABSL_GUARDED_BY(mu) = Action::kSubscribe;
+  std::shared_ptr<const Decision> last_decision ABSL_GUARDED_BY(mu);
+
+  void End(absl::Status why) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (bus_sub != nullptr) bus_sub->Terminate(std::move(why));
+  }
+};
+
+SubscriptionHub::SubscriptionHub(const ExchangeDeps* deps, ExchangeServiceOptions options)
+    : deps_(deps), options_(options) {}
+
+SubscriptionHub::~SubscriptionHub() { Stop(); }
+
+void SubscriptionHub::Start() {
+  watch_id_ = deps_->pdp->Watch([this](const PolicyChange& change) { OnChange(change); });
+  watching_ = true;
+  rechecker_ = std::thread([this] { RecheckLoop(); });
+}
+
+void SubscriptionHub::Stop() {
+  if (watching_) {
+    deps_->pdp->Unwatch(watch_id_);
+    watching_ = false;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (rechecker_.joinable()) rechecker_.join();
+}
+
+void SubscriptionHub::BeginShutdown() {
+  draining_.store(true);
+  std::vector<std::shared_ptr<Live>> all;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& [id, l] : live_) all.push_back(l);
+  }
+  for (auto& l : all) l->End(absl::UnavailableError("the node is shutting down"));
+}
+
+size_t SubscriptionHub::open() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return live_.size();
+}
+
+void SubscriptionHub::OnChange(const PolicyChange& change) {
+  // Called by the PDP on the changing thread: only note it and wake the
+  // re-check thread (deciding here could re-enter the PDP).
+  if (change.kind == PolicyChange::Kind::kEmergency) emergency_epoch_.fetch_add(1);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    change_pending_ = true;
+  }
+  cv_.notify_all();
+}
+
+void SubscriptionHub::NoteDeadline(absl::Time t) {
+  if (t == absl::InfiniteFuture()) return;
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (t < wake_at_) {
+      wake_at_ = t;
+      wake = true;
+    }
+  }
+  if (wake) cv_.notify_all();
+}
+
+void SubscriptionHub::RecheckLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    if (!change_pending_) {
+      if (wake_at_ == absl::InfiniteFuture()) {
+        cv_.wait(lock);
+      } else {
+        // Deadlines are on the node's clock, which may be simulated: wait in
+        // short real slices and look at the clock again.
+        absl::Duration left = wake_at_ - deps_->clock->Now();
+        if (left > absl::ZeroDuration()) {
+          cv_.wait_for(lock, absl::ToChronoMilliseconds(
+                                 std::clamp(left, absl::Milliseconds(1), absl::Milliseconds(20))));
+        }
+      }
+      if (stop_) break;
+      const bool due = wake_at_ != absl::InfiniteFuture() && deps_->clock->Now() >= wake_at_;
+      if (!change_pending_ && !due) continue;
+    }
+    change_pending_ = false;
+    wake_at_ = absl::InfiniteFuture();
+    std::vector<std::shared_ptr<Live>> all;
+    all.reserve(live_.size());
+    for (auto& [id, l] : live_) all.push_back(l);
+    lock.unlock();
+    absl::Time next = absl::InfiniteFuture();
+    for (auto& l : all) {
+      Recheck(*l);
+      std::lock_guard<std::mutex> l_lock(l->mu);
+      if (l->bus_sub != nullptr && l->last_decision != nullptr) {
+        next = std::min(next, l->last_decision->valid_until);
+      }
+    }
+    lock.lock();
+    wake_at_ = std::min(wake_at_, next);
+  }
+}
+
+void SubscriptionHub::Recheck(Live& live) {
+  PolicyDecisionPoint& pdp = *deps_->pdp;
+  AccessRequest whole{.principal = &live.who, .action = Action::kSubscribe, .purpose = live.purpose};
+  whole.resource.subject = live.pattern;
+  whole.resource.type = live.filter.type();
+  whole.resource.owner = live.filter.owner();
+  whole.resource.data_subject = live.filter.data_subject();
+  const std::string who_id = live.who.SpiffeId();
+  if (!pdp.MayAllow(whole)) {
+    Decision denied;
+    denied.effect = exchange::v1::EFFECT_DENY;
+    denied.severity = exchange::v1::SEVERITY_NOTICE;
+    denied.reason = "no rule allows this subscription any more";
+    deps_->auditor->Record(who_id, "subscribe", live.pattern, live.purpose,
+                           live.filter.data_subject(), denied);
+    live.End(absl::PermissionDeniedError(absl::StrFormat(
+        "access withdrawn: no rule allows %s to subscribe to %s for purpose %s any more", who_id,
+        live.pattern, live.purpose)));
+    return;
+  }
+  MessagePtr event;
+  std::optional<std::pair<double, double>> location;
+  Action action;
+  std::shared_ptr<const Decision> last;
+  {
+    std::lock_guard<std::mutex> lock(live.mu);
+    if (live.bus_sub == nullptr || live.last_event == nullptr) return;
+    event = live.last_event;
+    location = live.last_location;
+    action = live.last_action;
+    last = live.last_decision;
+  }
+  const bool one_subject = !live.filter.data_subject().empty();
+  const bool conditional = last != nullptr && (!last->emergency_id.empty() ||
+                                               last->valid_until != absl::InfiniteFuture());
+  if (!one_subject && !conditional) return;
+  AccessRequest again{.principal = &live.who, .action = action,
+                      .resource = ResourceView::Of(event->event()), .purpose = live.purpose};
+  again.resource.location = location;
+  std::shared_ptr<const Decision> d = pdp.Decide(again);
+  if (d->allowed()) {
+    std::lock_guard<std::mutex> lock(live.mu);
+    if (live.last_event == event) live.last_decision = d;
+    return;
+  }
+  deps_->auditor->Record(who_id, ActionName(action), event->event().subject(), live.purpose,
+                         event->event().data_subject(), *d);
+  live.End(absl::PermissionDeniedError(absl::StrFormat("access withdrawn: %s", d->reason)));
+}
+
+grpc::Status SubscriptionHub::Serve(grpc::ServerContext* context, const Principal& who,
+                                    const SubscribeRequest& request,
+                                    grpc::ServerWriter<SubscribeResponse>* writer) {
+  PolicyDecisionPoint& pdp = *deps_->pdp;
+  if (draining_.load()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the node is shutting down");
+  }
+  // --- validation ---
+  if (request.subject_pattern().empty()) return Invalid("subject_pattern: required");
+  if (absl::Status s = ValidatePattern(request.subject_pattern()); !s.ok()) {
+    return Invalid(absl::StrFormat("subject_pattern: %s", s.message()));
+  }
+  if (request.has_filter()) {
+    if (absl::Status s = ValidateFilter(request.filter()); !s.ok()) {
+      return Invalid(absl::StrFormat("filter: %s", s.message()));
+    }
+  }
+  if (request.purpose().empty()) return Invalid("purpose: required");
+  if (!pdp.IsKnownPurpose(request.purpose())) {
+    return Invalid(absl::StrFormat("purpose: unknown purpose \"%s\"", request.purpose()));
+  }
+  if (request.has_start_time() && !request.resume_token().empty()) {
+    return Invalid("start_time and resume_token are exclusive: give one");
+  }
+  std::optional<absl::Time> start_time;
+  if (request.has_start_time()) {
+    absl::StatusOr<absl::Time> t = TimestampFromProto(request.start_time(), "start_time");
+    if (!t.ok()) return ToGrpcStatus(t.status());
+    start_time = *t;
+  }
+  std::optional<std::pair<std::string, uint64_t>> resume;
+  if (!request.resume_token().empty()) {
+    auto r = ParseResumeToken(request.resume_token());
+    if (!r.ok()) return ToGrpcStatus(r.status());
+    resume = *std::move(r);
+  }
+  const exchange::v1::EntityFilter& filter = request.filter();
+  const std::string who_id = who.SpiffeId();
+
+  // --- may the caller subscribe at all? Decided before anything is read. ---
+  AccessRequest whole{.principal = &who, .action = Action::kSubscribe,
+                      .purpose = request.purpose()};
+  whole.resource.subject = request.subject_pattern();
+  whole.resource.type = filter.type();
+  whole.resource.owner = filter.owner();
+  whole.resource.data_subject = filter.data_subject();
+  if (!pdp.MayAllow(whole)) {
+    Decision denied;
+    denied.effect = exchange::v1::EFFECT_DENY;
+    denied.severity = exchange::v1::SEVERITY_NOTICE;
+    denied.reason = "no rule can allow this subscription";
+    deps_->auditor->Record(who_id, "subscribe", request.subject_pattern(), request.purpose(),
+                           filter.data_subject(), denied);
+    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                        absl::StrFormat("no rule allows %s to subscribe to %s for purpose %s",
+                                        who_id, request.subject_pattern(), request.purpose()));
+  }
+
+  // --- the bus subscription, as the node ---
+  Bus& bus = *deps_->bus;
+  SubscribeOptions bus_options;
+  std::string replay_stream;
+  uint64_t replay_last = 0;  // events up to this sequence are replayed (history)
+  if (start_time.has_value() || resume.has_value()) {
+    if (resume.has_value()) {
+      absl::StatusOr<StreamInfo> info = bus.GetStream(deps_->node, resume->first);
+      if (!info.ok()) {
+        if (absl::IsNotFound(info.status())) {
+          return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                              absl::StrFormat("resume_token: stream %s no longer exists",
+                                              resume->first));
+        }
+        return ToGrpcStatus(info.status());
+      }
+      bool covers = false;
+      for (const std::string& p : info->config.subjects) {
+        covers = covers || PatternCovers(p, request.subject_pattern());
+      }
+      if (!covers) {
+        return Invalid(absl::StrFormat("resume_token: stream %s does not capture %s",
+                                       resume->first, request.subject_pattern()));
+      }
+      if (info->first_sequence > resume->second + 1) {
+        return grpc::Status(
+            grpc::StatusCode::NOT_FOUND,
+            absl::StrFormat("resume_token: position %d of stream %s is no longer retained "
+                            "(oldest is %d)",
+                            resume->second, resume->first, info->first_sequence));
+      }
+      replay_stream = resume->first;
+      replay_last = info->last_sequence;
+      bus_options.start = StartPosition::AtSequence(resume->second + 1);
+    } else {
+      absl::StatusOr<std::vector<StreamInfo>> streams = bus.ListStreams(deps_->node);
+      if (!streams.ok()) return ToGrpcStatus(streams.status());
+      for (const StreamInfo& info : *streams) {
+        for (const std::string& p : info.config.subjects) {
+          if (PatternCovers(p, request.subject_pattern())) {
+            replay_stream = info.config.name;
+            replay_last = info.last_sequence;
+          }
+        }
+      }
+      if (replay_stream.empty()) {
+        return Invalid(absl::StrFormat(
+            "start_time: no bus stream captures %s, so there is nothing to replay; subscribe "
+            "live (no start_time) or to a pattern inside one stream",
+            request.subject_pattern()));
+      }
+      bus_options.start = StartPosition::AtTime(*start_time);
+    }
+    bus_options.stream = replay_stream;
+    bus_options.subject_pattern = request.subject_pattern();
+  } else {
+    bus_options.subject_pattern = request.subject_pattern();
+    bus_options.queue_depth = options_.queue_depth;
+  }
+  absl::StatusOr<std::unique_ptr<Subscription>> sub = bus.Subscribe(deps_->node, bus_options);
+  if (!sub.ok()) return ToGrpcStatus(sub.status());
+
+  auto live = std::make_shared<Live>();
+  live->who = who;
+  live->purpose = request.purpose();
+  live->pattern = request.subject_pattern();
+  live->filter = filter;
+  live->bus_sub = sub->get();
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    id = next_id_++;
+    live_[id] = live;
+  }
+  // Unregisters and detaches the bus subscription before it is destroyed.
+  struct Unregister {
+    SubscriptionHub* hub;
+    uint64_t id;
+    std::shared_ptr<Live> live;
+    ~Unregister() {
+      {
+        std::lock_guard<std::mutex> lock(hub->mu_);
+        hub->live_.erase(id);
+      }
+      std::lock_guard<std::mutex> lock(live->mu);
+      live->bus_sub = nullptr;
+    }
+  } unregister{this, id, live};
+  // A drain that began while we subscribed must still end this stream.
+  if (draining_.load()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the node is shutting down");
+  }
+  writer->SendInitialMetadata();
+
+  const size_t max_batch = request.max_batch() == 0
+                               ? options_.default_max_batch
+                               : std::min<size_t>(request.max_batch(), options_.max_batch_limit);
+  const bool filter_needs_entity = NeedsEntity(filter);
+  ObligationApplier& applier = deps_->appliers->For(who.org);
+  uint64_t seen_epoch = 0;
+  bool emergencies = false;
+  // Decisions as protos, built once per decision and borrowed by every
+  // delivery that carries them (no copy per event); each borrowed pointer is
+  // given back before its response is reset. The shared_ptr keeps the
+  // decision (and so the key) alive.
+  std::vector<std::pair<std::shared_ptr<const Decision>, std::unique_ptr<exchange::v1::Decision>>>
+      protos;
+  auto proto_for = [&](const std::shared_ptr<const Decision>& d) {
+    for (auto& [key, proto] : protos) {
+      if (key == d) return proto.get();
+    }
+    protos.emplace_back(d, std::make_unique<exchange::v1::Decision>(d->ToProto()));
+    return protos.back().second.get();
+  };
+  auto give_back = [&](SubscribeResponse* r) {
+    for (exchange::v1::ExchangeDelivery& d : *r->mutable_deliveries()) {
+      if (d.has_decision()) d.unsafe_arena_release_decision();
+    }
+    // Policies change rarely; a long stream must not hold every decision it
+    // ever saw.
+    if (protos.size() > 64) protos.clear();
+  };
+
+  std::vector<Delivery> got;
+  got.reserve(max_batch);
+  // Responses live on an arena reset after each write: building a response
+  // of many copied events then costs few allocations.
+  google::protobuf::ArenaOptions arena_options;
+  arena_options.start_block_size = 64 << 10;
+  arena_options.max_block_size = 1 << 20;
+  google::protobuf::Arena arena(arena_options);
+  // Identical allows in a row (same action, subject, data subject and
+  // decision) are counted here and audited as one record.
+  struct Pending {
+    const Message* message = nullptr;
+    Action action = Action::kSubscribe;
+    std::shared_ptr<const Decision> decision;
+    uint64_t count = 0;
+  } pending;
+  auto flush_audit = [&] {
+    if (pending.count == 0) return;
+    const event::v1::Event& ev = pending.message->event();
+    deps_->auditor->Record(who_id, ActionName(pending.action), ev.subject(), request.purpose(),
+                           ev.data_subject(), *pending.decision, pending.count);
+    pending.count = 0;
+    pending.decision.reset();
+  };
+  auto audit_allow = [&](const Delivery& d, Action action,
+                         const std::shared_ptr<const Decision>& decision) {
+    const event::v1::Event& ev = d.message->event();
+    if (pending.count > 0 && pending.decision == decision && pending.action == action &&
+        pending.message->event().subject() == ev.subject() &&
+        pending.message->event().data_subject() == ev.data_subject()) {
+      ++pending.count;
+      return;
+    }
+    flush_audit();
+    pending = Pending{d.message.get(), action, decision, 1};
+  };
+  while (!context->IsCancelled()) {
+    got.clear();
+    uint64_t missed = 0;
+    absl::Status s = (*sub)->Next(max_batch, options_.poll_interval, &got, &missed);
+    if (!s.ok()) {
+      if (absl::IsCancelled(s)) break;
+      return ToGrpcStatus(s);
+    }
+    if (got.empty() && missed == 0) continue;
+    if (uint64_t epoch = emergency_epoch_.load(); epoch != seen_epoch) {
+      seen_epoch = epoch;
+      emergencies = false;
+      for (const exchange::v1::Emergency& e : pdp.ListEmergencies(false)) {
+        emergencies = emergencies || e.state() == exchange::v1::EMERGENCY_STATE_ACTIVE ||
+                      e.state() == exchange::v1::EMERGENCY_STATE_SCHEDULED;
+      }
+    }
+    arena.Reset();
+    auto* response = google::protobuf::Arena::CreateMessage<SubscribeResponse>(&arena);
+    response->set_missed(missed);
+    size_t bytes = 0;
+    MessagePtr last_allowed;
+    std::optional<std::pair<double, double>> last_location;
+    Action last_action = Action::kSubscribe;
+    std::shared_ptr<const Decision> last_decision;
+    bool broken = false;
+    for (const Delivery& d : got) {
+      const Message& m = *d.message;
+      const event::v1::Event& ev = m.event();
+      // Envelope conditions of the filter first: cheap, and what the
+      // subscription asked for is not the caller's business to be audited.
+      if (!filter.type().empty() && ev.type() != filter.type()) continue;
+      if (!filter.owner().empty() && ev.owner() != filter.owner()) continue;
+      if (!filter.data_subject().empty() && ev.data_subject() != filter.data_subject()) continue;
+      if (filter.ids_size() > 0) {
+        // The entity id, as EntityFromEvent takes it: cheap enough to filter
+        // many narrow subscriptions before deciding anything.
+        auto ext = ev.extensions().find(kEntityIdExtension);
+        const std::string& id = ext != ev.extensions().end() ? ext->second : ev.source();
+        if (std::find(filter.ids().begin(), filter.ids().end(), id) == filter.ids().end()) {
+          continue;
+        }
+      }
+      const bool replayed = !replay_stream.empty() && m.stream == replay_stream &&
+                            m.sequence <= replay_last;
+      const Action action = replayed ? Action::kHistory : Action::kSubscribe;
+      AccessRequest req{.principal = &who, .action = action, .resource = ResourceView::Of(ev),
+                        .purpose = request.purpose()};
+      std::optional<std::pair<double, double>> location;
+      if (emergencies) {
+        // Emergency rules are bound to an area: the decision needs where the
+        // event is.
+        absl::StatusOr<exchange::v1::Entity> e = EntityFromEvent(ev);
+        if (e.ok() && e->has_location()) {
+          location = std::make_pair(e->location().latitude(), e->location().longitude());
+        }
+        req.resource.location = location;
+      }
+      std::shared_ptr<const Decision> decision = pdp.Decide(req);
+      if (!decision->allowed()) {
+        deps_->auditor->Record(who_id, ActionName(action), ev.subject(), request.purpose(),
+                               ev.data_subject(), *decision);
+        continue;
+      }
+      audit_allow(d, action, decision);
+      // Aggregate-only data is never delivered record by record.
+      if (decision->has_obligation(exchange::v1::OBLIGATION_KIND_AGGREGATE_ONLY)) continue;
+      // The event's size, roughly (payload plus room for the envelope), to
+      // keep each response well under gRPC's message limit.
+      const size_t size = ev.proto_data().value().size() + ev.text_data().size() +
+                          ev.binary_data().size() + 1024;
+      if (response->deliveries_size() > 0 && bytes + size > options_.max_response_bytes) {
+        const bool written = writer->Write(*response);
+        give_back(response);
+        if (!written) {
+          broken = true;
+          break;
+        }
+        arena.Reset();
+        response = google::protobuf::Arena::CreateMessage<SubscribeResponse>(&arena);
+        bytes = 0;
+      }
+      exchange::v1::ExchangeDelivery* out = response->add_deliveries();
+      event::v1::Event* copy = out->mutable_event();
+      *copy = ev;
+      if (!decision->obligations.empty()) {
+        absl::Status applied = applier.Apply(decision->obligations, copy);
+        if (!applied.ok()) {
+          // Fail closed: an obligation that cannot be met means no delivery.
+          LogWarn("exchange", "obligation cannot be applied; event withheld",
+                  {{"subject", ev.subject()}, {"error", std::string(applied.message())}});
+          response->mutable_deliveries()->RemoveLast();
+          continue;
+        }
+      }
+      if (filter_needs_entity) {
+        // Filtered on what the caller may see, so that a filter on a redacted
+        // field cannot reveal its value.
+        absl::StatusOr<exchange::v1::Entity> view = EntityFromEvent(*copy);
+        if (!view.ok() || !MatchesFilter(filter, *view)) {
+          response->mutable_deliveries()->RemoveLast();
+          continue;
+        }
+      }
+      TimestampToProto(m.publish_time, out->mutable_publish_time());
+      out->unsafe_arena_set_allocated_decision(proto_for(decision));
+      if (!m.stream.empty()) out->set_resume_token(MakeResumeToken(m.stream, m.sequence));
+      bytes += size;
+      last_allowed = d.message;
+      last_location = location;
+      last_action = action;
+      last_decision = decision;
+    }
+    flush_audit();
+    if (broken) break;
+    if (last_allowed != nullptr) {
+      {
+        std::lock_guard<std::mutex> lock(live->mu);
+        live->last_event = last_allowed;
+        live->last_location = last_location;
+        live->last_action = last_action;
+        live->last_decision = last_decision;
+      }
+      NoteDeadline(last_decision->valid_until);
+    }
+    if (response->deliveries_size() == 0 && response->missed() == 0) continue;
+    const bool written = writer->Write(*response);
+    give_back(response);
+    if (!written) break;
+  }
+  flush_audit();
+  return grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
+}
+
+}  // namespace cityos

@@ -1,0 +1,170 @@
+// The exchange's Subscribe: a bus subscription taken as the node, with every
+// event decided for the caller and purpose, obligations applied, filtered on
+// the caller's (obligated) view of the event's entity, and batched into
+// SubscribeResponses. Also the parts the whole service shares: the handles of
+// the node (ExchangeDeps) and the obligation appliers per recipient org.
+//
+// Cutting subscriptions when access ends (SubscriptionHub): the hub watches
+// the PDP (one Watch for every subscription). On any change (policy load,
+// emergency declared / ended / expired, consent or contract invalidation) a
+// re-check thread re-decides every live subscription:
+//   - MayAllow(subscribe, pattern, filter type / owner / data subject): no
+//     rule can allow it any more -> the stream ends with PERMISSION_DENIED;
+//   - when the filter names one data subject, or the last allowed event was
+//     allowed under an emergency or by a decision with an end
+//     (valid_until), that event's decision is taken again; denied -> the
+//     stream ends with PERMISSION_DENIED.
+// The re-check also runs by itself when the earliest valid_until of the
+// subscriptions' last decisions passes (an emergency's window ends). The
+// stream's bus subscription is Terminate()d with the denial, which wakes its
+// waiting handler at once, so a cut reaches the client within milliseconds.
+// Withdrawal for some events only (another data subject's consent) just stops
+// those events: each is decided on its own.
+//
+// Replay (start_time / resume_token) reads the bus stream that captures the
+// whole subject pattern; replayed events are decided as `history`, live ones
+// as `subscribe`. resume_token = "<stream>:<sequence>".
+#ifndef CITYOS_SERVICES_EXCHANGE_EXCHANGE_SUBSCRIBE_H_
+#define CITYOS_SERVICES_EXCHANGE_EXCHANGE_SUBSCRIBE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "cityos/audit.h"
+#include "cityos/bus.h"
+#include "cityos/clock.h"
+#include "cityos/entity.h"
+#include "cityos/exchange/v1/exchange.grpc.pb.h"
+#include "cityos/policy.h"
+#include "cityos/principal.h"
+#include "cityos/state_store.h"
+#include "decision_audit.h"
+
+namespace cityos {
+
+// Who is calling an RPC: OK with the caller's principal, or UNAUTHENTICATED.
+// Thread-safe.
+using CallerResolver = std::function<absl::StatusOr<Principal>(grpc::ServerContext*)>;
+
+// One ObligationApplier per recipient org, keyed with the org's pseudonym key
+// (derived from the node's secret), so two orgs never get joinable
+// pseudonyms. Thread-safe; appliers live as long as this object.
+class RecipientAppliers {
+ public:
+  explicit RecipientAppliers(std::string node_secret) : secret_(std::move(node_secret)) {}
+  ObligationApplier& For(const std::string& org);
+
+ private:
+  const std::string secret_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, std::unique_ptr<ObligationApplier>> appliers_
+      ABSL_GUARDED_BY(mu_);
+};
+
+// The node's handles the service works with. Not owned; all outlive the
+// service.
+struct ExchangeDeps {
+  Bus* bus = nullptr;
+  PolicyDecisionPoint* pdp = nullptr;
+  AuditLog* audit = nullptr;
+  StateStore* store = nullptr;
+  Clock* clock = nullptr;
+  // The node's own principal: the exchange reads the bus as the node.
+  Principal node;
+  CallerResolver resolver;
+  DecisionAuditor* auditor = nullptr;
+  RecipientAppliers* appliers = nullptr;
+};
+
+struct ExchangeServiceOptions {
+  // Subscribe: deliveries per response when the request says 0. Default: 256.
+  size_t default_max_batch = 256;
+  // Subscribe: the largest max_batch honoured. Default: 4096.
+  size_t max_batch_limit = 4096;
+  // Subscribe: a response is closed once its events reach this many bytes,
+  // so one response never nears gRPC's 4 MiB limit. Default: 1 MiB.
+  size_t max_response_bytes = 1 << 20;
+  // Subscribe: how long one wait for events lasts before the call checks
+  // whether it was cancelled. Default: 100 ms.
+  absl::Duration poll_interval = absl::Milliseconds(100);
+  // Subscribe: live queue bound of each subscription's bus subscription, in
+  // events; 0 = the bus default.
+  size_t queue_depth = 0;
+};
+
+class SubscriptionHub {
+ public:
+  SubscriptionHub(const ExchangeDeps* deps, ExchangeServiceOptions options);
+  ~SubscriptionHub();  // Stop()s
+  SubscriptionHub(const SubscriptionHub&) = delete;
+  SubscriptionHub& operator=(const SubscriptionHub&) = delete;
+
+  // Registers the PDP watcher and starts the re-check thread.
+  void Start();
+  // Ends every open stream with UNAVAILABLE and refuses new ones.
+  void BeginShutdown();
+  // Unwatches and joins the re-check thread. Idempotent.
+  void Stop();
+
+  // The whole Subscribe call for an authenticated caller.
+  grpc::Status Serve(grpc::ServerContext* context, const Principal& who,
+                     const exchange::v1::SubscribeRequest& request,
+                     grpc::ServerWriter<exchange::v1::SubscribeResponse>* writer);
+
+  // Open subscriptions (tests).
+  size_t open() const;
+
+ private:
+  struct Live;
+
+  void OnChange(const PolicyChange& change);
+  void RecheckLoop();
+  // Re-decides one subscription; terminates it when access ended.
+  void Recheck(Live& live);
+  // A subscription's decision now ends at `t`: wake the re-check thread if
+  // that is earlier than what it waits for.
+  void NoteDeadline(absl::Time t);
+
+  const ExchangeDeps* const deps_;
+  const ExchangeServiceOptions options_;
+  std::atomic<bool> draining_{false};
+  // Bumped by every emergency change: subscriptions then look again whether
+  // emergencies exist (and so whether events need their location decoded).
+  std::atomic<uint64_t> emergency_epoch_{1};
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<uint64_t, std::shared_ptr<Live>> live_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool change_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time wake_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  uint64_t watch_id_ = 0;
+  bool watching_ = false;
+  std::thread rechecker_;
+};
+
+// "<stream>:<sequence>", and its inverse (INVALID_ARGUMENT when malformed).
+std::string MakeResumeToken(std::string_view stream, uint64_t sequence);
+absl::StatusOr<std::pair<std::string, uint64_t>> ParseResumeToken(std::string_view token);
+// Whether every subject `inner` matches is matched by `outer` (both valid
+// patterns).
+bool PatternCovers(std::string_view outer, std::string_view inner);
+
+}  // namespace cityos
+
+#endif  // CITYOS_SERVICES_EXCHANGE_EXCHANGE_SUBSCRIBE_H_

@@ -1,0 +1,506 @@
+// Exchange scenarios: cityos.exchange.v1.ExchangeService served in this
+// process (ExchangeServiceImpl over a real PDP with a policy loaded, a real
+// audit log, the SQLite entity store and a Bus), called through a client stub
+// over loopback TCP. Every read is decided per entity / per event with one
+// redaction obligation applied, and audited.
+//
+//   exchange.query          Query requests/s, pages of 10 entities.
+//   exchange.subscribe      Subscribe events/s (replay of a stored stream,
+//                           per-event decision + one redaction); peer: plain
+//                           bus gRPC Subscribe of the same stream in the same
+//                           run (`ratio` = exchange / bus).
+//   exchange.entity_updates entity updates/s ingested from the bus into the
+//                           store while 100 live filtered exchange
+//                           subscriptions (one entity each) run.
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "bus_common.h"
+#include "bus_service.h"
+#include "cityos/audit.h"
+#include "cityos/bus.h"
+#include "cityos/bus/v1/bus.grpc.pb.h"
+#include "cityos/entity.h"
+#include "cityos/exchange/v1/exchange.grpc.pb.h"
+#include "cityos/health/v1/health.pb.h"
+#include "cityos/policy.h"
+#include "cityos/state_store.h"
+#include "decision_audit.h"
+#include "exchange_service.h"
+#include "ingest.h"
+#include "measure.h"
+#include "scenario.h"
+
+namespace cityos::bench {
+namespace {
+
+using event::v1::Event;
+
+constexpr char kType[] = "cityos.health.v1.BedAvailability";
+constexpr char kPurpose[] = "medical_care";
+constexpr char kPolicy[] = R"(rules:
+  - id: bench-beds
+    effect: allow
+    actions: [read, subscribe, history]
+    principal: {orgs: [reader]}
+    resource:
+      types: [cityos.health.v1.BedAvailability]
+    purposes: [medical_care]
+    obligations:
+      - redact: [hospital_name]
+)";
+
+const Principal& Reader() {
+  static const Principal* p =
+      new Principal(*Principal::FromSpiffeId("spiffe://bench.city/org/reader/svc/app"));
+  return *p;
+}
+
+// A BedAvailability event for entity `id`, published as the bench principal.
+absl::StatusOr<Event> BedEvent(const std::string& subject, const std::string& id, int free) {
+  health::v1::BedAvailability b;
+  b.set_hospital_id("hospital-" + id);
+  b.set_hospital_name("Quzhou People's Hospital, ward " + id);
+  b.set_ward_kind(health::v1::WARD_KIND_ICU);
+  b.set_total_beds(40);
+  b.set_free_beds(free);
+  b.mutable_location()->set_latitude(28.97);
+  b.mutable_location()->set_longitude(118.87);
+  return EventBuilder()
+      .Source("//bench.city/hospitals")
+      .Subject(subject)
+      .Type(kType)
+      .Domain("health")
+      .Classification(event::v1::CLASSIFICATION_PUBLIC)
+      .Owner("hospitals")
+      .Region("CN-ZJ-QZ")
+      .Jurisdiction("CN")
+      .Extension(kEntityIdExtension, id)
+      .ProtoData(b)
+      .Publisher(kBenchPublisher)
+      .Build();
+}
+
+// The exchange over a fresh bus, PDP, audit log and store, served on a
+// loopback port (plaintext; callers are the reader principal).
+class ExchangeStack {
+ public:
+  static absl::StatusOr<std::unique_ptr<ExchangeStack>> Start(BenchContext& ctx,
+                                                              std::string_view name,
+                                                              const IngestOptions* ingest) {
+    auto s = std::unique_ptr<ExchangeStack>(new ExchangeStack());
+    absl::StatusOr<std::unique_ptr<ScopedBus>> bus = ScopedBus::Open(ctx, name);
+    if (!bus.ok()) return bus.status();
+    s->bus_ = *std::move(bus);
+    absl::StatusOr<std::string> dir = ctx.NewDir(absl::StrCat(std::string(name), "-exchange"));
+    if (!dir.ok()) return dir.status();
+    s->dir_ = *dir;
+    s->ctx_ = &ctx;
+    auto audit = AuditLog::Open({.dir = *dir + "/audit", .node = "bench"});
+    if (!audit.ok()) return audit.status();
+    s->audit_ = *std::move(audit);
+    s->node_ = Principal::Node("bench.city", "bench");
+    auto pdp = PolicyDecisionPoint::Create(
+        {.audit = s->audit_.get(), .node = s->node_, .node_name = "bench"});
+    if (!pdp.ok()) return pdp.status();
+    s->pdp_ = *std::move(pdp);
+    auto loaded = s->pdp_->Load(s->node_, {{.name = "bench.yaml", .content = kPolicy}},
+                                {.replace_all = true});
+    if (!loaded.ok()) return loaded.status();
+    auto store = OpenSqliteStateStore({.path = *dir + "/entities.db"});
+    if (!store.ok()) return store.status();
+    s->store_ = *std::move(store);
+    s->auditor_ = std::make_unique<DecisionAuditor>(s->audit_.get(), Clock::Real());
+    s->appliers_ = std::make_unique<RecipientAppliers>(std::string(32, 'k'));
+    s->deps_ = ExchangeDeps{.bus = s->bus_->bus(),
+                            .pdp = s->pdp_.get(),
+                            .audit = s->audit_.get(),
+                            .store = s->store_.get(),
+                            .clock = Clock::Real(),
+                            .node = s->node_,
+                            .resolver = [](grpc::ServerContext*) -> absl::StatusOr<Principal> {
+                              return Reader();
+                            },
+                            .auditor = s->auditor_.get(),
+                            .appliers = s->appliers_.get()};
+    if (ingest != nullptr) {
+      s->ingester_ =
+          std::make_unique<Ingester>(s->bus_->bus(), s->store_.get(), s->node_, *ingest);
+      if (absl::Status st = s->ingester_->Start(); !st.ok()) return st;
+    }
+    s->service_ = std::make_unique<ExchangeServiceImpl>(&s->deps_);
+    s->service_->Start();
+    s->bus_service_ = std::make_unique<BusServiceImpl>(
+        s->bus_->bus(),
+        [](grpc::ServerContext*) -> absl::StatusOr<Principal> { return BenchPrincipal(); });
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(s->service_.get());
+    builder.RegisterService(s->bus_service_.get());
+    builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 4);
+    s->server_ = builder.BuildAndStart();
+    if (s->server_ == nullptr || port == 0) {
+      return absl::UnavailableError("could not start the gRPC server on 127.0.0.1:0");
+    }
+    s->address_ = absl::StrCat("127.0.0.1:", port);
+    return s;
+  }
+
+  ~ExchangeStack() {
+    if (service_ != nullptr) service_->BeginShutdown();
+    if (server_ != nullptr) {
+      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    }
+    if (ingester_ != nullptr) ingester_->Stop();
+    if (service_ != nullptr) service_->Stop();
+    server_.reset();
+    service_.reset();
+    auditor_.reset();
+    if (audit_ != nullptr) (void)audit_->Close();
+    store_.reset();
+    pdp_.reset();
+    bus_.reset();
+    if (ctx_ != nullptr && !dir_.empty()) ctx_->RemoveDir(dir_);
+  }
+
+  // A new channel (own connection) to the server.
+  std::shared_ptr<grpc::Channel> NewChannel() const {
+    grpc::ChannelArguments args;
+    args.SetInt("grpc.use_local_subchannel_pool", 1);
+    args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
+    return grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  }
+
+  Bus* bus() const { return bus_->bus(); }
+  StateStore* store() const { return store_.get(); }
+  Ingester* ingester() const { return ingester_.get(); }
+  PolicyDecisionPoint* pdp() const { return pdp_.get(); }
+
+ private:
+  ExchangeStack() = default;
+  BenchContext* ctx_ = nullptr;
+  std::string dir_;
+  std::string address_;
+  Principal node_;
+  std::unique_ptr<ScopedBus> bus_;
+  std::unique_ptr<AuditLog> audit_;
+  std::unique_ptr<PolicyDecisionPoint> pdp_;
+  std::unique_ptr<StateStore> store_;
+  std::unique_ptr<DecisionAuditor> auditor_;
+  std::unique_ptr<RecipientAppliers> appliers_;
+  ExchangeDeps deps_;
+  std::unique_ptr<Ingester> ingester_;
+  std::unique_ptr<ExchangeServiceImpl> service_;
+  std::unique_ptr<BusServiceImpl> bus_service_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+absl::StatusOr<Result> RunQuery(BenchContext& ctx) {
+  const BenchOptions& o = ctx.options();
+  auto stack = ExchangeStack::Start(ctx, "exchange-query", nullptr);
+  if (!stack.ok()) return stack.status();
+  // 1,000 entities in the store.
+  constexpr int kEntities = 1000;
+  std::vector<exchange::v1::Entity> entities;
+  for (int i = 0; i < kEntities; ++i) {
+    auto e = BedEvent("health.ex.beds", absl::StrFormat("bed-%04d", i), i % 40);
+    if (!e.ok()) return e.status();
+    auto entity = EntityFromEvent(*e);
+    if (!entity.ok()) return entity.status();
+    entities.push_back(*std::move(entity));
+  }
+  if (auto s = (*stack)->store()->UpsertBatch(std::move(entities)); !s.ok()) return s.status();
+
+  const int kClients = 8;
+  const absl::Duration run = std::min(o.max_time, absl::Seconds(5));
+  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> ok{0}, failed{0}, entities_seen{0};
+  std::atomic<bool> redacted{true};
+  LatencySamples latency(1 << 20);
+  std::string first_error;
+  absl::Mutex mu;
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      auto channel = (*stack)->NewChannel();
+      channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      auto stub = exchange::v1::ExchangeService::NewStub(channel);
+      exchange::v1::QueryRequest req;
+      req.mutable_filter()->set_type(kType);
+      req.set_purpose(kPurpose);
+      req.set_page_size(10);
+      std::string token;
+      while (!stop.load(std::memory_order_relaxed)) {
+        req.set_page_token(token);
+        grpc::ClientContext call;
+        call.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        exchange::v1::QueryResponse resp;
+        const int64_t t0 = NowNanos();
+        grpc::Status s = stub->Query(&call, req, &resp);
+        latency.Add(NowNanos() - t0);
+        if (!s.ok()) {
+          failed.fetch_add(1);
+          absl::MutexLock lock(&mu);
+          if (first_error.empty()) first_error = s.error_message();
+          continue;
+        }
+        ok.fetch_add(1, std::memory_order_relaxed);
+        entities_seen.fetch_add(resp.entities_size(), std::memory_order_relaxed);
+        for (const auto& e : resp.entities()) {
+          if (e.attributes().contains("hospital_name")) redacted.store(false);
+        }
+        token = resp.next_page_token();  // walk the pages, wrap around
+      }
+    });
+  }
+  // Warm-up excluded: count from a second in.
+  absl::SleepFor(absl::Milliseconds(500));
+  const uint64_t ok0 = ok.load();
+  const int64_t start = NowNanos();
+  absl::SleepFor(run);
+  const uint64_t done = ok.load() - ok0;
+  const int64_t nanos = NowNanos() - start;
+  stop.store(true);
+  for (auto& t : threads) t.join();
+  if (ok.load() == 0) return absl::InternalError("no Query succeeded: " + first_error);
+  if (failed.load() > 0) return absl::InternalError("Query failed: " + first_error);
+  if (!redacted.load()) return absl::InternalError("hospital_name was not redacted");
+  Result r;
+  r.value = Round(Rate(done, nanos), 0);
+  latency.Finish();
+  r.extra["page_size"] = 10;
+  r.extra["entities_per_response"] =
+      Round(static_cast<double>(entities_seen.load()) / static_cast<double>(ok.load()), 2);
+  r.extra["clients"] = kClients;
+  r.extra["store_entities"] = kEntities;
+  r.extra["obligations"] = "redact hospital_name";
+  latency.AddTo(r.extra);
+  r.extra["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
+  return r;
+}
+
+absl::StatusOr<Result> RunSubscribe(BenchContext& ctx) {
+  const BenchOptions& o = ctx.options();
+  auto stack = ExchangeStack::Start(ctx, "exchange-subscribe", nullptr);
+  if (!stack.ok()) return stack.status();
+  Bus* bus = (*stack)->bus();
+  auto stream = bus->CreateStream(BenchPrincipal(), {.name = "beds",
+                                                     .subjects = {"health.ex.>"},
+                                                     .durability = Durability::kNone});
+  if (!stream.ok()) return stream.status();
+  auto event = BedEvent("health.ex.beds.h1", "bed-0001", 7);
+  if (!event.ok()) return event.status();
+  auto stored = Prefill(ctx, *bus, *event, std::min<uint64_t>(o.events, 1'000'000));
+  if (!stored.ok()) return stored.status();
+  auto channel = (*stack)->NewChannel();
+
+  // The exchange: replay from the start, decided and redacted per event.
+  auto exchange_rate = [&]() -> absl::StatusOr<double> {
+    auto stub = exchange::v1::ExchangeService::NewStub(channel);
+    exchange::v1::SubscribeRequest req;
+    req.set_subject_pattern("health.ex.>");
+    req.set_purpose(kPurpose);
+    req.mutable_start_time()->set_seconds(1);
+    req.set_max_batch(1024);
+    grpc::ClientContext call;
+    call.set_deadline(std::chrono::system_clock::now() +
+                      absl::ToChronoSeconds(o.max_time + absl::Seconds(120)));
+    const int64_t start = NowNanos();
+    auto reader = stub->Subscribe(&call, req);
+    exchange::v1::SubscribeResponse resp;
+    uint64_t delivered = 0;
+    bool redacted = true;
+    while (delivered < *stored && reader->Read(&resp)) {
+      delivered += resp.deliveries_size();
+      if (resp.deliveries_size() > 0) {
+        health::v1::BedAvailability b;
+        resp.deliveries(0).event().proto_data().UnpackTo(&b);
+        redacted = redacted && b.hospital_name().empty();
+      }
+    }
+    const int64_t nanos = NowNanos() - start;
+    call.TryCancel();
+    grpc::Status s = reader->Finish();
+    if (delivered < *stored) {
+      return absl::UnavailableError(absl::StrCat("exchange Subscribe delivered ", delivered,
+                                                 " of ", *stored, ": ", s.error_message()));
+    }
+    if (!redacted) return absl::InternalError("hospital_name was not redacted");
+    return Rate(delivered, nanos);
+  };
+  // The peer: plain bus gRPC Subscribe of the same stream.
+  auto bus_rate = [&]() -> absl::StatusOr<double> {
+    auto stub = bus::v1::BusService::NewStub(channel);
+    bus::v1::SubscribeRequest req;
+    req.set_stream("beds");
+    req.mutable_start()->set_kind(bus::v1::StartPosition::KIND_EARLIEST);
+    req.set_max_batch(1024);
+    grpc::ClientContext call;
+    call.set_deadline(std::chrono::system_clock::now() +
+                      absl::ToChronoSeconds(o.max_time + absl::Seconds(120)));
+    const int64_t start = NowNanos();
+    auto reader = stub->Subscribe(&call, req);
+    bus::v1::SubscribeResponse resp;
+    uint64_t delivered = 0;
+    while (delivered < *stored && reader->Read(&resp)) delivered += resp.deliveries_size();
+    const int64_t nanos = NowNanos() - start;
+    call.TryCancel();
+    grpc::Status s = reader->Finish();
+    if (delivered < *stored) {
+      return absl::UnavailableError(absl::StrCat("bus Subscribe delivered ", delivered, " of ",
+                                                 *stored, ": ", s.error_message()));
+    }
+    return Rate(delivered, nanos);
+  };
+  // Alternated, best of two each: the machine's load moves during a run, and
+  // the ratio should compare like with like.
+  absl::StatusOr<double> peer = bus_rate();
+  absl::StatusOr<double> mine = exchange_rate();
+  if (!mine.ok()) return mine.status();
+  absl::StatusOr<double> peer2 = bus_rate();
+  absl::StatusOr<double> mine2 = exchange_rate();
+  if (!mine2.ok()) return mine2.status();
+  mine = std::max(*mine, *mine2);
+  if (peer.ok() && peer2.ok()) peer = std::max(*peer, *peer2);
+  Result r;
+  r.value = Round(*mine, 0);
+  r.SetPeer("cityos bus gRPC Subscribe",
+            peer.ok() ? absl::StatusOr<double>(Round(*peer, 0)) : peer);
+  r.extra["mode"] = "replay from earliest; per-event decision (history) + redaction";
+  r.extra["runs"] = "best of 2 each, alternated";
+  r.extra["events"] = *stored;
+  r.extra["max_batch"] = 1024;
+  r.extra["event_bytes"] = event->ByteSizeLong();
+  return r;
+}
+
+absl::StatusOr<Result> RunEntityUpdates(BenchContext& ctx) {
+  const BenchOptions& o = ctx.options();
+  IngestOptions ingest{.subjects = {"health.ent.>"}, .max_batch = 2048, .queue_depth = 1 << 21};
+  auto stack = ExchangeStack::Start(ctx, "exchange-entities", &ingest);
+  if (!stack.ok()) return stack.status();
+  constexpr int kEntities = 10000;
+  constexpr int kSubscriptions = 100;
+  std::vector<std::shared_ptr<const Event>> events;
+  events.reserve(kEntities);
+  for (int i = 0; i < kEntities; ++i) {
+    auto e = BedEvent(absl::StrFormat("health.ent.beds.z%d", i % 16), absl::StrFormat("ent-%05d", i),
+                      i % 40);
+    if (!e.ok()) return e.status();
+    events.push_back(std::make_shared<const Event>(*std::move(e)));
+  }
+
+  // 100 live subscriptions, each filtered to one entity.
+  std::atomic<uint64_t> delivered{0};
+  std::atomic<int> ready{0};
+  std::vector<std::unique_ptr<grpc::ClientContext>> calls;
+  std::vector<std::thread> readers;
+  auto channel = (*stack)->NewChannel();
+  auto stub = exchange::v1::ExchangeService::NewStub(channel);
+  for (int i = 0; i < kSubscriptions; ++i) calls.push_back(std::make_unique<grpc::ClientContext>());
+  for (int i = 0; i < kSubscriptions; ++i) {
+    readers.emplace_back([&, i] {
+      exchange::v1::SubscribeRequest req;
+      req.set_subject_pattern("health.ent.>");
+      req.set_purpose(kPurpose);
+      req.mutable_filter()->set_type(kType);
+      req.mutable_filter()->add_ids(absl::StrFormat("ent-%05d", i * (kEntities / kSubscriptions)));
+      auto reader = stub->Subscribe(calls[i].get(), req);
+      reader->WaitForInitialMetadata();
+      ready.fetch_add(1);
+      exchange::v1::SubscribeResponse resp;
+      while (reader->Read(&resp)) delivered.fetch_add(resp.deliveries_size());
+      reader->Finish();
+    });
+  }
+  const absl::Time ready_deadline = absl::Now() + absl::Seconds(60);
+  while (ready.load() < kSubscriptions && absl::Now() < ready_deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  if (ready.load() < kSubscriptions) return absl::UnavailableError("subscriptions did not start");
+
+  Bus* bus = (*stack)->bus();
+  Ingester* ingester = (*stack)->ingester();
+  const uint64_t target = std::min<uint64_t>(o.events, 2'000'000);
+  Window window(8);
+  std::atomic<uint64_t> acked{0};
+  const int64_t start = NowNanos();
+  const absl::Time deadline = absl::Now() + o.max_time;
+  uint64_t sent = 0;
+  size_t next = 0;
+  const size_t batch = std::max<size_t>(o.batch, 64);
+  while (sent < target && absl::Now() < deadline) {
+    std::vector<std::shared_ptr<const Event>> b;
+    b.reserve(batch);
+    for (size_t k = 0; k < batch; ++k) b.push_back(events[next++ % events.size()]);
+    window.Acquire();
+    bus->PublishSharedAsync(BenchPrincipal(), std::move(b),
+                            [&, n = batch](absl::StatusOr<std::vector<PublishResult>> r) {
+                              if (r.ok()) acked.fetch_add(n);
+                              window.Release();
+                            });
+    sent += batch;
+  }
+  WaitIdleOrDie(window, "entity updates");
+  // Every update published is stored (or counted as missed).
+  const absl::Time drain = absl::Now() + absl::Seconds(120);
+  while (ingester->stored() + ingester->skipped() + ingester->missed() + ingester->failed() <
+             acked.load() &&
+         absl::Now() < drain) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  const int64_t nanos = NowNanos() - start;
+  const uint64_t stored = ingester->stored();
+  absl::SleepFor(absl::Milliseconds(200));  // let the last deliveries arrive
+  for (auto& c : calls) c->TryCancel();
+  for (auto& t : readers) t.join();
+  auto count = (*stack)->store()->CountEntities();
+  Result r;
+  r.value = Round(Rate(stored, nanos), 0);
+  r.extra["published"] = acked.load();
+  r.extra["stored"] = stored;
+  r.extra["missed"] = ingester->missed();
+  r.extra["entities"] = count.ok() ? *count : 0;
+  r.extra["subscriptions"] = kSubscriptions;
+  r.extra["delivered_to_subscriptions"] = delivered.load();
+  r.extra["expected_deliveries"] = stored / (kEntities / kSubscriptions);
+  r.extra["store_batch"] = ingest.max_batch;
+  r.extra["reference"] = "Orion-LD ~1,800 updates/s per broker CPU";
+  r.extra["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
+  return r;
+}
+
+}  // namespace
+
+absl::Status RegisterExchangeScenarios(ScenarioRegistry& registry) {
+  absl::Status s = registry.Add(
+      {.name = "exchange.query",
+       .unit = "requests/s",
+       .description = "exchange Query over loopback gRPC, pages of 10, per-entity policy + "
+                      "one redaction, 8 clients",
+       .run = RunQuery});
+  if (!s.ok()) return s;
+  s = registry.Add({.name = "exchange.subscribe",
+                    .unit = "events/s",
+                    .description = "exchange Subscribe over loopback gRPC, per-event policy + "
+                                   "one redaction (peer: plain bus gRPC Subscribe)",
+                    .run = RunSubscribe});
+  if (!s.ok()) return s;
+  return registry.Add({.name = "exchange.entity_updates",
+                       .unit = "updates/s",
+                       .description = "bus events ingested into the entity store with 100 live "
+                                      "filtered exchange subscriptions",
+                       .run = RunEntityUpdates});
+}
+
+}  // namespace cityos::bench

@@ -1,0 +1,12 @@
+# ExchangeService on a real node over mTLS (helper SERVICE): reads,
+# subscriptions, emergencies, audit; cityosctl as a subprocess.
+cityos_test(exchange_service_test LABEL exchange
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/service_fixture.cc
+          ${CMAKE_CURRENT_SOURCE_DIR}/service_read_test.cc
+          ${CMAKE_CURRENT_SOURCE_DIR}/service_subscribe_test.cc
+          ${CMAKE_CURRENT_SOURCE_DIR}/service_emergency_test.cc
+          ${CMAKE_CURRENT_SOURCE_DIR}/service_audit_test.cc
+  LIBS cityosd_lib cityos_exchange_service
+  DEFINES CITYOSCTL_PATH="$<TARGET_FILE:cityosctl>"
+  TIMEOUT 300)
+add_dependencies(exchange_service_test cityosctl)
