@@ -187,6 +187,24 @@ std::string Join(const google::protobuf::RepeatedPtrField<std::string>& v) {
   return s.empty() ? "-" : s;
 }
 
+// A table cell or text field: "-" stands for an empty value.
+std::string OrDash(const std::string& s) { return s.empty() ? "-" : s; }
+
+// With --json prints `m` as JSON and returns true; otherwise returns false
+// and the caller prints text.
+bool PrintedAsJson(const Globals& g, const google::protobuf::Message& m, std::ostream& out) {
+  if (!g.json) return false;
+  PrintJson(out, ToJson(m));
+  return true;
+}
+
+// A proto enum value's name without the PREFIX_ every value of its enum has
+// (e.g. "STATE_ACTIVE" -> "ACTIVE").
+std::string EnumSuffix(std::string name, std::string_view prefix) {
+  if (name.rfind(prefix, 0) == 0) name.erase(0, prefix.size());
+  return name;
+}
+
 // ---- context ---------------------------------------------------------------
 void ContextList(const Globals& g, std::ostream& out) {
   std::string path = ConfigPath(g);
@@ -576,18 +594,50 @@ int TopicsTail(const Globals& g, const std::string& pattern, int64_t count,
       if (count > 0 && ++seen >= count) break;
     }
   }
-  call.TryCancel();
+  // Cancel only when we stopped reading (enough events); when the stream
+  // ended by itself its status (e.g. PERMISSION_DENIED) is the answer.
+  const bool enough = count > 0 && seen >= count;
+  if (enough) call.TryCancel();
   grpc::Status s = reader->Finish();
-  if (count > 0 && seen >= count) return 0;
+  if (enough) return 0;
   if (s.error_code() == grpc::StatusCode::CANCELLED) return 0;  // Ctrl-C
   Check(ctx.endpoint, s);
   return 0;
 }
 
 // ---- exchange: policies, explain, emergencies, audit, data ----------------
-std::unique_ptr<exchange::v1::ExchangeService::Stub> ExchangeStub(const ClientContext& ctx) {
-  return exchange::v1::ExchangeService::NewStub(NodeChannel(ctx));
-}
+// The node's ExchangeService in the current context.
+class ExchangeClient {
+ public:
+  using Stub = exchange::v1::ExchangeService::Stub;
+
+  // Resolves the context now; connects on first use, so that the commands
+  // check their flags before a bad client certificate is reported.
+  explicit ExchangeClient(const Globals& g) : ctx_(CurrentContext(g)) {}
+
+  // One unary call, e.g. Call(&Stub::ListPolicies, req), with the --timeout
+  // deadline; a failed call ends the command.
+  template <typename Request, typename Response>
+  Response Call(grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&, Response*),
+                const Request& req) {
+    grpc::ClientContext call;
+    SetDeadline(&call);
+    Response resp;
+    Check(ctx_.endpoint, (stub()->*rpc)(&call, req, &resp));
+    return resp;
+  }
+
+  const std::string& endpoint() const { return ctx_.endpoint; }
+  Stub* stub() {
+    if (stub_ == nullptr) stub_ = exchange::v1::ExchangeService::NewStub(NodeChannel(ctx_));
+    return stub_.get();
+  }
+
+ private:
+  ClientContext ctx_;
+  std::unique_ptr<Stub> stub_;
+};
+using ExchangeStub = ExchangeClient::Stub;
 
 std::string ReadFileOrFail(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -600,6 +650,17 @@ std::string ReadFileOrFail(const std::string& path) {
 std::string BaseName(const std::string& path) {
   size_t slash = path.rfind('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Each file as a policy document named by its file name.
+void AddPolicyDocuments(
+    const std::vector<std::string>& files,
+    google::protobuf::RepeatedPtrField<exchange::v1::PolicyDocument>* documents) {
+  for (const std::string& f : files) {
+    exchange::v1::PolicyDocument* d = documents->Add();
+    d->set_name(BaseName(f));
+    d->set_content(ReadFileOrFail(f));
+  }
 }
 
 absl::Time ParseTimeOrFail(const std::string& flag, const std::string& text) {
@@ -638,8 +699,8 @@ const char* EffectName(exchange::v1::Effect e) {
 }
 
 std::string ObligationText(const exchange::v1::Obligation& o) {
-  std::string kind = exchange::v1::ObligationKind_Name(o.kind());
-  if (kind.rfind("OBLIGATION_KIND_", 0) == 0) kind = Lower(kind.substr(16));
+  const std::string kind =
+      Lower(EnumSuffix(exchange::v1::ObligationKind_Name(o.kind()), "OBLIGATION_KIND_"));
   std::string paths;
   for (const auto& p : o.field_paths()) paths += (paths.empty() ? "" : ",") + p;
   std::string s = kind;
@@ -657,50 +718,34 @@ struct PolicyLoadArgs {
 };
 
 void PolicyLoad(const Globals& g, const PolicyLoadArgs& a, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
+  ExchangeClient client(g);
   exchange::v1::LoadPoliciesRequest req;
-  for (const std::string& f : a.files) {
-    auto* d = req.add_documents();
-    d->set_name(BaseName(f));
-    d->set_content(ReadFileOrFail(f));
-  }
+  AddPolicyDocuments(a.files, req.mutable_documents());
   for (const std::string& r : a.remove) req.add_remove(r);
   req.set_replace_all(a.replace_all);
   req.set_expected_revision(a.expected_revision);
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  exchange::v1::LoadPoliciesResponse resp;
-  Check(ctx.endpoint, ExchangeStub(ctx)->LoadPolicies(&call, req, &resp));
-  if (g.json) {
-    PrintJson(out, ToJson(resp));
-    return;
-  }
+  const auto resp = client.Call(&ExchangeStub::LoadPolicies, req);
+  if (PrintedAsJson(g, resp, out)) return;
   out << "policy set revision " << resp.revision() << "\n";
   std::vector<std::vector<std::string>> rows;
   for (const auto& d : resp.documents()) {
-    rows.push_back({d.name(), std::to_string(d.rules()), FormatTs(d.load_time()),
-                    d.loaded_by().empty() ? "-" : d.loaded_by()});
+    rows.push_back(
+        {d.name(), std::to_string(d.rules()), FormatTs(d.load_time()), OrDash(d.loaded_by())});
   }
   PrintTable(out, {"DOCUMENT", "RULES", "LOADED", "BY"}, rows);
 }
 
 void PolicyList(const Globals& g, bool content, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
+  ExchangeClient client(g);
   exchange::v1::ListPoliciesRequest req;
   req.set_include_content(content);
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  exchange::v1::ListPoliciesResponse resp;
-  Check(ctx.endpoint, ExchangeStub(ctx)->ListPolicies(&call, req, &resp));
-  if (g.json) {
-    PrintJson(out, ToJson(resp));
-    return;
-  }
+  const auto resp = client.Call(&ExchangeStub::ListPolicies, req);
+  if (PrintedAsJson(g, resp, out)) return;
   out << "policy set revision " << resp.revision() << "\n";
   std::vector<std::vector<std::string>> rows;
   for (const auto& d : resp.documents()) {
     rows.push_back({d.name(), std::to_string(d.rules()), d.sha256().substr(0, 12),
-                    FormatTs(d.load_time()), d.loaded_by().empty() ? "-" : d.loaded_by()});
+                    FormatTs(d.load_time()), OrDash(d.loaded_by())});
   }
   PrintTable(out, {"DOCUMENT", "RULES", "SHA256", "LOADED", "BY"}, rows);
   if (content) {
@@ -714,31 +759,24 @@ void PolicyList(const Globals& g, bool content, std::ostream& out) {
 // Exit status: 0 when valid, 1 when any document has errors.
 int PolicyValidate(const Globals& g, const std::vector<std::string>& files, bool merge,
                    std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
+  ExchangeClient client(g);
   exchange::v1::ValidatePoliciesRequest req;
-  for (const std::string& f : files) {
-    auto* d = req.add_documents();
-    d->set_name(BaseName(f));
-    d->set_content(ReadFileOrFail(f));
-  }
+  AddPolicyDocuments(files, req.mutable_documents());
   req.set_merge_with_current(merge);
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  exchange::v1::ValidatePoliciesResponse resp;
-  Check(ctx.endpoint, ExchangeStub(ctx)->ValidatePolicies(&call, req, &resp));
-  if (g.json) {
-    PrintJson(out, ToJson(resp));
-  } else if (resp.valid()) {
+  const auto resp = client.Call(&ExchangeStub::ValidatePolicies, req);
+  const int status = resp.valid() ? 0 : 1;
+  if (PrintedAsJson(g, resp, out)) return status;
+  if (resp.valid()) {
     out << "valid: " << resp.rules() << " rule(s)\n";
-  } else {
-    for (const auto& e : resp.errors()) {
-      out << e.name() << ":" << e.line();
-      if (e.column() > 0) out << ":" << e.column();
-      out << ": " << e.message() << "\n";
-    }
-    out << resp.errors_size() << " error(s)\n";
+    return status;
   }
-  return resp.valid() ? 0 : 1;
+  for (const auto& e : resp.errors()) {
+    out << e.name() << ":" << e.line();
+    if (e.column() > 0) out << ":" << e.column();
+    out << ": " << e.message() << "\n";
+  }
+  out << resp.errors_size() << " error(s)\n";
+  return status;
 }
 
 struct ExplainArgs {
@@ -749,7 +787,7 @@ struct ExplainArgs {
 
 // Exit status 0 whatever the decision (it is printed).
 void Explain(const Globals& g, const ExplainArgs& a, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
+  ExchangeClient client(g);
   exchange::v1::ExplainRequest req;
   exchange::v1::Action action;
   if (!exchange::v1::Action_Parse("ACTION_" + Upper(a.action), &action) ||
@@ -778,18 +816,12 @@ void Explain(const Globals& g, const ExplainArgs& a, std::ostream& out) {
     r->set_classification(c);
   }
   if (!a.time.empty()) SetTs(ParseTimeOrFail("--time", a.time), req.mutable_time());
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  exchange::v1::ExplainResponse resp;
-  Check(ctx.endpoint, ExchangeStub(ctx)->Explain(&call, req, &resp));
-  if (g.json) {
-    PrintJson(out, ToJson(resp));
-    return;
-  }
+  const auto resp = client.Call(&ExchangeStub::Explain, req);
+  if (PrintedAsJson(g, resp, out)) return;
   const auto& d = resp.decision();
   out << "decision:   " << EffectName(d.effect()) << "\n"
       << "rules:      " << Join(d.rule_ids()) << "\n"
-      << "reason:     " << (d.reason().empty() ? "-" : d.reason()) << "\n";
+      << "reason:     " << OrDash(d.reason()) << "\n";
   if (!resp.overridden_rule_ids().empty()) {
     out << "overridden: " << Join(resp.overridden_rule_ids()) << "\n";
   }
@@ -801,8 +833,7 @@ void Explain(const Globals& g, const ExplainArgs& a, std::ostream& out) {
 }
 
 std::string EmergencyStateName(exchange::v1::EmergencyState s) {
-  std::string n = exchange::v1::EmergencyState_Name(s);
-  return n.rfind("EMERGENCY_STATE_", 0) == 0 ? n.substr(16) : n;
+  return EnumSuffix(exchange::v1::EmergencyState_Name(s), "EMERGENCY_STATE_");
 }
 
 std::string AreaText(const common::v1::GeoArea& a) {
@@ -831,7 +862,7 @@ void PrintEmergencies(const Globals& g,
   for (const auto& e : list) {
     rows.push_back({e.id(), EmergencyStateName(e.state()), AreaText(e.area()),
                     FormatTs(e.window().start()), FormatTs(e.window().end()),
-                    e.authority().empty() ? "-" : e.authority(), e.reason()});
+                    OrDash(e.authority()), e.reason()});
   }
   PrintTable(out, {"ID", "STATE", "AREA", "FROM", "UNTIL", "AUTHORITY", "REASON"}, rows);
 }
@@ -841,7 +872,7 @@ struct DeclareArgs {
 };
 
 void EmergencyDeclare(const Globals& g, const DeclareArgs& a, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
+  ExchangeClient client(g);
   exchange::v1::DeclareEmergencyRequest req;
   if (a.region.empty() == a.bbox.empty()) Fail("emergency declare: give one of --region and --bbox");
   if (!a.region.empty()) {
@@ -880,14 +911,8 @@ void EmergencyDeclare(const Globals& g, const DeclareArgs& a, std::ostream& out)
                                    : ParseTimeOrFail("--until", a.until);
   SetTs(end, req.mutable_window()->mutable_end());
   req.set_reason(a.reason);
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  exchange::v1::DeclareEmergencyResponse resp;
-  Check(ctx.endpoint, ExchangeStub(ctx)->DeclareEmergency(&call, req, &resp));
-  if (g.json) {
-    PrintJson(out, ToJson(resp));
-    return;
-  }
+  const auto resp = client.Call(&ExchangeStub::DeclareEmergency, req);
+  if (PrintedAsJson(g, resp, out)) return;
   const auto& e = resp.emergency();
   out << "declared emergency " << e.id() << " (" << EmergencyStateName(e.state()) << ")\n"
       << "  area:   " << AreaText(e.area()) << "\n"
@@ -897,33 +922,21 @@ void EmergencyDeclare(const Globals& g, const DeclareArgs& a, std::ostream& out)
 
 void EmergencyEnd(const Globals& g, const std::string& id, const std::string& reason,
                   std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
+  ExchangeClient client(g);
   exchange::v1::EndEmergencyRequest req;
   req.set_id(id);
   req.set_reason(reason);
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  exchange::v1::EndEmergencyResponse resp;
-  Check(ctx.endpoint, ExchangeStub(ctx)->EndEmergency(&call, req, &resp));
-  if (g.json) {
-    PrintJson(out, ToJson(resp));
-    return;
-  }
+  const auto resp = client.Call(&ExchangeStub::EndEmergency, req);
+  if (PrintedAsJson(g, resp, out)) return;
   out << "ended emergency " << resp.emergency().id() << "\n";
 }
 
 void EmergencyList(const Globals& g, bool all, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
+  ExchangeClient client(g);
   exchange::v1::ListEmergenciesRequest req;
   req.set_include_ended(all);
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  exchange::v1::ListEmergenciesResponse resp;
-  Check(ctx.endpoint, ExchangeStub(ctx)->ListEmergencies(&call, req, &resp));
-  if (g.json) {
-    PrintJson(out, ToJson(resp));
-    return;
-  }
+  const auto resp = client.Call(&ExchangeStub::ListEmergencies, req);
+  if (PrintedAsJson(g, resp, out)) return;
   PrintEmergencies(g, resp.emergencies(), out);
   if (resp.emergencies().empty()) out << "(no emergencies)\n";
 }
@@ -934,8 +947,7 @@ struct AuditQueryArgs {
 };
 
 void AuditQueryCmd(const Globals& g, const AuditQueryArgs& a, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
-  auto stub = ExchangeStub(ctx);
+  ExchangeClient client(g);
   exchange::v1::QueryAuditRequest req;
   req.set_principal(a.principal);
   req.set_data_subject(a.data_subject);
@@ -952,10 +964,7 @@ void AuditQueryCmd(const Globals& g, const AuditQueryArgs& a, std::ostream& out)
   req.set_page_size(1000);
   std::vector<exchange::v1::AuditEntry> entries;
   while (true) {
-    grpc::ClientContext call;
-    SetDeadline(&call);
-    exchange::v1::QueryAuditResponse resp;
-    Check(ctx.endpoint, stub->QueryAudit(&call, req, &resp));
+    auto resp = client.Call(&ExchangeStub::QueryAudit, req);
     for (auto& e : *resp.mutable_entries()) entries.push_back(std::move(e));
     if (resp.next_page_token().empty() ||
         (a.limit > 0 && static_cast<int64_t>(entries.size()) >= a.limit)) {
@@ -972,13 +981,11 @@ void AuditQueryCmd(const Globals& g, const AuditQueryArgs& a, std::ostream& out)
   }
   std::vector<std::vector<std::string>> rows;
   for (const auto& e : entries) {
-    std::string sev = exchange::v1::Severity_Name(e.severity());
-    if (sev.rfind("SEVERITY_", 0) == 0) sev = sev.substr(9);
-    rows.push_back({std::to_string(e.sequence()), FormatTs(e.time()), sev, e.principal(),
-                    e.action(), e.resource().empty() ? "-" : e.resource(),
-                    e.purpose().empty() ? "-" : e.purpose(), EffectName(e.decision()),
-                    std::to_string(e.count() == 0 ? 1 : e.count()),
-                    e.data_subject().empty() ? "-" : e.data_subject(), Join(e.rule_ids())});
+    rows.push_back({std::to_string(e.sequence()), FormatTs(e.time()),
+                    EnumSuffix(exchange::v1::Severity_Name(e.severity()), "SEVERITY_"),
+                    e.principal(), e.action(), OrDash(e.resource()), OrDash(e.purpose()),
+                    EffectName(e.decision()), std::to_string(e.count() == 0 ? 1 : e.count()),
+                    OrDash(e.data_subject()), Join(e.rule_ids())});
   }
   PrintTable(out,
              {"SEQ", "TIME", "SEVERITY", "PRINCIPAL", "ACTION", "RESOURCE", "PURPOSE", "EFFECT",
@@ -988,36 +995,31 @@ void AuditQueryCmd(const Globals& g, const AuditQueryArgs& a, std::ostream& out)
 }
 
 int PrintVerify(const Globals& g, const exchange::v1::VerifyAuditResponse& r, std::ostream& out) {
-  if (g.json) {
-    PrintJson(out, ToJson(r));
-  } else if (r.ok()) {
+  const int status = r.ok() ? 0 : 1;
+  if (PrintedAsJson(g, r, out)) return status;
+  if (r.ok()) {
     out << "audit log OK: " << r.entries_checked() << " entries, " << r.checkpoints_checked()
         << " signed checkpoints verified";
     if (r.has_last_good_checkpoint()) {
       out << " (last checkpoint at sequence " << r.last_good_checkpoint().sequence() << ")";
     }
     out << "\n";
-  } else {
-    std::string fault = exchange::v1::AuditFault_Name(r.fault());
-    if (fault.rfind("AUDIT_FAULT_", 0) == 0) fault = fault.substr(12);
-    out << "audit log BROKEN at sequence " << r.first_bad_sequence() << ": " << fault << ": "
-        << r.message() << "\n"
-        << "(" << r.entries_checked() << " entries checked; last good checkpoint at sequence "
-        << r.last_good_checkpoint().sequence() << ")\n";
+    return status;
   }
-  return r.ok() ? 0 : 1;
+  const std::string fault = EnumSuffix(exchange::v1::AuditFault_Name(r.fault()), "AUDIT_FAULT_");
+  out << "audit log BROKEN at sequence " << r.first_bad_sequence() << ": " << fault << ": "
+      << r.message() << "\n"
+      << "(" << r.entries_checked() << " entries checked; last good checkpoint at sequence "
+      << r.last_good_checkpoint().sequence() << ")\n";
+  return status;
 }
 
 int AuditVerify(const Globals& g, uint64_t from, uint64_t to, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
+  ExchangeClient client(g);
   exchange::v1::VerifyAuditRequest req;
   req.set_from_sequence(from);
   req.set_to_sequence(to);
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  exchange::v1::VerifyAuditResponse resp;
-  Check(ctx.endpoint, ExchangeStub(ctx)->VerifyAudit(&call, req, &resp));
-  return PrintVerify(g, resp, out);
+  return PrintVerify(g, client.Call(&ExchangeStub::VerifyAudit, req), out);
 }
 
 int AuditVerifyDir(const Globals& g, const std::string& dir, const std::string& key_file,
@@ -1094,8 +1096,7 @@ struct QueryArgs {
 };
 
 void ExchangeQuery(const Globals& g, const QueryArgs& a, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
-  auto stub = ExchangeStub(ctx);
+  ExchangeClient client(g);
   exchange::v1::QueryRequest req;
   req.mutable_filter()->set_type(a.type);
   for (const std::string& w : a.where) {
@@ -1112,10 +1113,7 @@ void ExchangeQuery(const Globals& g, const QueryArgs& a, std::ostream& out) {
   std::vector<exchange::v1::Entity> entities;
   std::string next;
   while (true) {
-    grpc::ClientContext call;
-    SetDeadline(&call);
-    exchange::v1::QueryResponse resp;
-    Check(ctx.endpoint, stub->Query(&call, req, &resp));
+    auto resp = client.Call(&ExchangeStub::Query, req);
     for (auto& e : *resp.mutable_entities()) entities.push_back(std::move(e));
     next = resp.next_page_token();
     if (!a.all || next.empty()) break;
@@ -1134,34 +1132,27 @@ void ExchangeQuery(const Globals& g, const QueryArgs& a, std::ostream& out) {
 
 void ExchangeGet(const Globals& g, const std::string& type, const std::string& id,
                  const std::string& purpose, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
+  ExchangeClient client(g);
   exchange::v1::GetEntityRequest req;
   req.set_type(type);
   req.set_id(id);
   req.set_purpose(purpose);
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  exchange::v1::GetEntityResponse resp;
-  Check(ctx.endpoint, ExchangeStub(ctx)->GetEntity(&call, req, &resp));
-  if (g.json) {
-    PrintJson(out, ToJson(resp.entity()));
-    return;
-  }
+  const auto resp = client.Call(&ExchangeStub::GetEntity, req);
+  if (PrintedAsJson(g, resp.entity(), out)) return;
   PrintEntityLine(resp.entity(), out);
   for (const auto& o : resp.entity().obligations()) out << "  obligation: " << ObligationText(o) << "\n";
 }
 
 int ExchangeSubscribe(const Globals& g, const std::string& pattern, const std::string& purpose,
                       const std::string& type, int64_t count, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
-  auto stub = ExchangeStub(ctx);
+  ExchangeClient client(g);
   grpc::ClientContext call;
   exchange::v1::SubscribeRequest req;
   req.set_subject_pattern(pattern);
   req.set_purpose(purpose);
   if (!type.empty()) req.mutable_filter()->set_type(type);
   ActiveCall active(&call);
-  auto reader = stub->Subscribe(&call, req);
+  auto reader = client.stub()->Subscribe(&call, req);
   exchange::v1::SubscribeResponse resp;
   int64_t seen = 0;
   while ((count <= 0 || seen < count) && reader->Read(&resp)) {
@@ -1182,7 +1173,7 @@ int ExchangeSubscribe(const Globals& g, const std::string& pattern, const std::s
   grpc::Status s = reader->Finish();
   if (count > 0 && seen >= count) return 0;
   if (s.error_code() == grpc::StatusCode::CANCELLED) return 0;
-  Check(ctx.endpoint, s);
+  Check(client.endpoint(), s);
   return 0;
 }
 

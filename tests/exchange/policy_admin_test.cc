@@ -151,9 +151,7 @@ TEST(PolicyAdmin, DuplicateRuleIdNamesBothDocuments) {
 TEST(PolicyAdmin, LoadIsAtomicAndRevisioned) {
   SimulatedClock clock(Monday10());
   RecordingAudit audit;
-  PdpOptions opts;
-  opts.audit = &audit;
-  auto pdp = MakePdp(&clock, "", opts);
+  auto pdp = MakePdp(&clock, "", {.audit = &audit});
   const Principal reader = Svc("anyone", "reader");
   AccessRequest req{.principal = &reader, .action = Action::kRead};
   req.resource.classification = event::v1::CLASSIFICATION_PUBLIC;

@@ -48,9 +48,7 @@ event::v1::Event Reading(const std::string& owner) {
 
 TEST(PolicyBus, PublishSubscribeAdminister) {
   SimulatedClock clock(Monday10());
-  PdpOptions opts;
-  opts.node = Principal::Node("demo.city", "n1");
-  auto pdp = MakePdp(&clock, kBusRules, opts);
+  auto pdp = MakePdp(&clock, kBusRules, {.node = Principal::Node("demo.city", "n1")});
   RecordingAudit audit;
   const Principal grid = Svc("grid", "meters");
   const Principal office = Svc("carbon-office", "ledger");

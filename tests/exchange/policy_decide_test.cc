@@ -419,9 +419,7 @@ TEST(PolicyDecide, BadRequestsAreDenials) {
 
 TEST(PolicyDecide, NodePrincipalIsAlwaysAllowed) {
   SimulatedClock clock(Monday10());
-  PdpOptions opts;
-  opts.node = Principal::Node("demo.city", "n1");
-  auto pdp = MakePdp(&clock, "", opts);
+  auto pdp = MakePdp(&clock, "", {.node = Principal::Node("demo.city", "n1")});
   const Principal node = Principal::Node("demo.city", "n1");
   AccessRequest req{.principal = &node, .action = Action::kPublish};
   req.resource.subject = "health.vitals.x";
@@ -636,9 +634,7 @@ TEST(PolicyDecide, CacheInvalidatedByInvalidateAndLoad) {
 
 TEST(PolicyDecide, CacheCapacityIsBounded) {
   SimulatedClock clock(Monday10());
-  PdpOptions opts;
-  opts.cache_capacity = 64;
-  auto pdp = MakePdp(&clock, kOverrides, opts);
+  auto pdp = MakePdp(&clock, kOverrides, {.cache_capacity = 64});
   const Principal p = Svc("transit", "ops");
   for (int i = 0; i < 1000; ++i) {
     std::string subject = "mobility.bus." + std::to_string(i);
@@ -650,8 +646,7 @@ TEST(PolicyDecide, CacheCapacityIsBounded) {
   }
   // No way to read the size through the interface; decisions stay right
   // when the cache is disabled too.
-  opts.cache_capacity = 0;
-  auto uncached = MakePdp(&clock, kOverrides, opts);
+  auto uncached = MakePdp(&clock, kOverrides, {.cache_capacity = 0});
   AccessRequest req{.principal = &p, .action = Action::kRead};
   req.resource.domain = "mobility";
   req.resource.classification = CLASSIFICATION_PUBLIC;
@@ -697,9 +692,7 @@ TEST(PolicyDecide, MayAllowTreatsUnknownAsWildcard) {
 TEST(PolicyDecide, PurposeRegistry) {
   SimulatedClock clock(Monday10());
   RecordingAudit audit;
-  PdpOptions opts;
-  opts.audit = &audit;
-  auto pdp = MakePdp(&clock, "", opts);
+  auto pdp = MakePdp(&clock, "", {.audit = &audit});
   EXPECT_EQ(pdp->Purposes().size(), 8u);
   EXPECT_FALSE(pdp->RegisterPurpose(Admin(), {.name = "Bad Name"}).ok());
   EXPECT_TRUE(

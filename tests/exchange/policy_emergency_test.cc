@@ -100,9 +100,7 @@ TEST(PolicyEmergency, DeclarationIsValidated) {
 
 TEST(PolicyEmergency, RulesHoldOnlyInsideAnActiveEmergency) {
   Fixture f;
-  PdpOptions opts;
-  opts.audit = &f.audit;
-  auto pdp = MakePdp(&f.clock, kDisaster, opts);
+  auto pdp = MakePdp(&f.clock, kDisaster, {.audit = &f.audit});
   const Principal rescuer = Svc("fire-dept", "team-3", {"rescuer"});
   const AccessRequest inside = EvacRead(&rescuer, 28.970, 118.870);
   const AccessRequest outside = EvacRead(&rescuer, 29.500, 118.870);
@@ -169,9 +167,7 @@ TEST(PolicyEmergency, RulesHoldOnlyInsideAnActiveEmergency) {
 
 TEST(PolicyEmergency, EndAndRegionAreas) {
   Fixture f;
-  PdpOptions opts;
-  opts.audit = &f.audit;
-  auto pdp = MakePdp(&f.clock, kDisaster, opts);
+  auto pdp = MakePdp(&f.clock, kDisaster, {.audit = &f.audit});
   const Principal rescuer = Svc("fire-dept", "team-3", {"rescuer"});
   AccessRequest req = EvacRead(&rescuer, 0, 0);
   req.resource.location.reset();
@@ -207,9 +203,7 @@ TEST(PolicyEmergency, PersistedAcrossRestarts) {
   SimulatedClock clock(Monday10());
   std::string id_active, id_ended;
   {
-    PdpOptions opts;
-    opts.state_dir = dir.path();
-    auto pdp = MakePdp(&clock, kDisaster, opts);
+    auto pdp = MakePdp(&clock, kDisaster, {.state_dir = dir.path()});
     auto a =
         pdp->DeclareEmergency(Admin(), {.area = Circle(28.97, 118.87, 3000),
                                         .end = Monday10() + absl::Hours(5),
@@ -222,9 +216,7 @@ TEST(PolicyEmergency, PersistedAcrossRestarts) {
     id_active = a->id();
     id_ended = b->id();
   }
-  PdpOptions opts;
-  opts.state_dir = dir.path();
-  auto pdp = MakePdp(&clock, kDisaster, opts);
+  auto pdp = MakePdp(&clock, kDisaster, {.state_dir = dir.path()});
   auto list = pdp->ListEmergencies(true);
   ASSERT_EQ(list.size(), 2u);
   EXPECT_EQ(list[0].id(), id_ended);  // newest first

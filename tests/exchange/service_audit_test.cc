@@ -26,8 +26,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-constexpr char kAlert[] = "cityos.health.v1.ElderlyCareAlert";
-
 constexpr char kPolicy[] = R"(rules:
   - id: care-read
     effect: allow
@@ -42,20 +40,7 @@ constexpr char kPolicy[] = R"(rules:
 event::v1::Event Alert(const std::string& person) {
   health::v1::ElderlyCareAlert a;
   a.set_alert_id("al-" + person);
-  auto e = EventBuilder()
-               .Source("//test.city/care/" + person)
-               .Subject("health.alert." + person)
-               .Type(kAlert)
-               .Domain("health")
-               .Classification(event::v1::CLASSIFICATION_SENSITIVE)
-               .DataSubject(person)
-               .Owner("care-center")
-               .Jurisdiction("JP")
-               .Extension(kEntityIdExtension, person)
-               .ProtoData(a)
-               .Build();
-  EXPECT_TRUE(e.ok()) << e.status();
-  return *e;
+  return CareAlertEvent(person, person, a);
 }
 
 class ExchangeAuditTest : public ExchangeNodeTest {
@@ -65,19 +50,13 @@ class ExchangeAuditTest : public ExchangeNodeTest {
     ASSERT_NO_FATAL_FAILURE(StartNode("policy:\n  jurisdiction: JP\n"));
     ASSERT_NO_FATAL_FAILURE(LoadPolicy("care.yaml", kPolicy));
     ASSERT_NO_FATAL_FAILURE(Publish({Alert("p-1"), Alert("p-2")}));
-    WaitForEntity(kAlert, "p-1");
-    WaitForEntity(kAlert, "p-2");
+    WaitForEntity(kCareAlert, "p-1");
+    WaitForEntity(kCareAlert, "p-2");
   }
 
   grpc::Status Get(Client& c, const std::string& id) {
-    exchange::v1::GetEntityRequest req;
-    req.set_type(kAlert);
-    req.set_id(id);
-    req.set_purpose("elderly_care");
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     exchange::v1::GetEntityResponse resp;
-    return c.exchange->GetEntity(&ctx, req, &resp);
+    return GetEntity(c, kCareAlert, id, "elderly_care", &resp);
   }
 
   grpc::Status QueryAudit(Client& c, exchange::v1::QueryAuditRequest req,
@@ -127,7 +106,7 @@ TEST_F(ExchangeAuditTest, DecisionsAreAuditedAndVisibleToWhomTheyConcern) {
   int denials = 0;
   for (const auto& e : all) {
     if (e.principal() == center.spiffe_id && e.action() == "read" &&
-        e.resource() == std::string(kAlert) + "/p-1") {
+        e.resource() == std::string(kCareAlert) + "/p-1") {
       EXPECT_EQ(e.decision(), exchange::v1::EFFECT_ALLOW);
       EXPECT_EQ(e.data_subject(), "p-1");
       EXPECT_THAT(e.rule_ids(), ::testing::ElementsAre("care-read"));
@@ -312,23 +291,23 @@ TEST_F(ExchangeAuditTest, CityosctlDrivesPoliciesExplainAndReads) {
   EXPECT_EQ(denied_list.code, 1);
   EXPECT_THAT(denied_list.err, HasSubstr("permission denied"));
 
-  auto explain = ctl({"--config", admin, "explain", "--action", "read", "--type", kAlert,
+  auto explain = ctl({"--config", admin, "explain", "--action", "read", "--type", kCareAlert,
                       "--classification", "sensitive", "--purpose", "elderly_care",
                       "--data-subject", "p-1", "--principal", center.spiffe_id});
   EXPECT_EQ(explain.code, 0) << explain.err;
   EXPECT_THAT(explain.out, HasSubstr("ALLOW"));
   EXPECT_THAT(explain.out, HasSubstr("care-read"));
 
-  auto query = ctl({"--config", reader, "exchange", "query", "--type", kAlert, "--purpose",
+  auto query = ctl({"--config", reader, "exchange", "query", "--type", kCareAlert, "--purpose",
                     "elderly_care", "--all"});
   EXPECT_EQ(query.code, 0) << query.err;
-  EXPECT_THAT(query.out, HasSubstr(std::string(kAlert) + "/p-1"));
-  EXPECT_THAT(query.out, HasSubstr(std::string(kAlert) + "/p-2"));
-  auto get = ctl({"--config", reader, "--json", "exchange", "get", kAlert, "p-2", "--purpose",
+  EXPECT_THAT(query.out, HasSubstr(std::string(kCareAlert) + "/p-1"));
+  EXPECT_THAT(query.out, HasSubstr(std::string(kCareAlert) + "/p-2"));
+  auto get = ctl({"--config", reader, "--json", "exchange", "get", kCareAlert, "p-2", "--purpose",
                   "elderly_care"});
   EXPECT_EQ(get.code, 0) << get.err;
   EXPECT_THAT(get.out, HasSubstr("\"id\": \"p-2\""));
-  auto missing = ctl({"--config", reader, "exchange", "get", kAlert, "p-9", "--purpose",
+  auto missing = ctl({"--config", reader, "exchange", "get", kCareAlert, "p-9", "--purpose",
                       "elderly_care"});
   EXPECT_EQ(missing.code, 1);
   EXPECT_THAT(missing.err, HasSubstr("NOT_FOUND"));

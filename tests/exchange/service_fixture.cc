@@ -7,6 +7,8 @@
 #include "builtin_plugins.h"
 #include "cityos/ca.h"
 #include "cityos/config.h"
+#include "cityos/entity.h"
+#include "cityos/event.h"
 #include "cityos/tls.h"
 
 namespace cityos::exchange_test {
@@ -76,6 +78,35 @@ class TestHooksPlugin final : public ServicePlugin {
 
 void Deadline(grpc::ClientContext* ctx, absl::Duration d) {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + d));
+}
+
+grpc::Status GetEntity(Client& c, const std::string& type, const std::string& id,
+                       const std::string& purpose, exchange::v1::GetEntityResponse* resp) {
+  exchange::v1::GetEntityRequest req;
+  req.set_type(type);
+  req.set_id(id);
+  req.set_purpose(purpose);
+  grpc::ClientContext ctx;
+  Deadline(&ctx);
+  return c.exchange->GetEntity(&ctx, req, resp);
+}
+
+event::v1::Event CareAlertEvent(const std::string& person, const std::string& entity_id,
+                                const health::v1::ElderlyCareAlert& alert) {
+  auto e = EventBuilder()
+               .Source("//test.city/care/" + person)
+               .Subject("health.alert." + person)
+               .Type(kCareAlert)
+               .Domain("health")
+               .Classification(event::v1::CLASSIFICATION_SENSITIVE)
+               .DataSubject(person)
+               .Owner("care-center")
+               .Jurisdiction("JP")
+               .Extension(kEntityIdExtension, entity_id)
+               .ProtoData(alert)
+               .Build();
+  EXPECT_TRUE(e.ok()) << e.status();
+  return *e;
 }
 
 void ExchangeNodeTest::SetUp() {
@@ -195,14 +226,8 @@ void ExchangeNodeTest::WaitForEntity(const std::string& type, const std::string&
   absl::Time deadline = absl::Now() + absl::Seconds(30);
   grpc::Status last;
   while (absl::Now() < deadline) {
-    exchange::v1::GetEntityRequest req;
-    req.set_type(type);
-    req.set_id(id);
-    req.set_purpose("research");
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     exchange::v1::GetEntityResponse resp;
-    last = c.exchange->GetEntity(&ctx, req, &resp);
+    last = GetEntity(c, type, id, "research", &resp);
     if (last.ok() && resp.entity().version() >= version) return;
     absl::SleepFor(absl::Milliseconds(10));
   }

@@ -22,6 +22,7 @@
 #include "cityos/bus/v1/bus.grpc.pb.h"
 #include "cityos/clock.h"
 #include "cityos/exchange/v1/exchange.grpc.pb.h"
+#include "cityos/health/v1/health.pb.h"
 #include "cityos/plugin.h"
 #include "cityos/policy.h"
 #include "node.h"
@@ -66,6 +67,18 @@ struct Client {
 
 // A deadline for unary calls.
 void Deadline(grpc::ClientContext* ctx, absl::Duration d = absl::Seconds(20));
+
+// GetEntity as `c` for `purpose`, with the unary deadline.
+grpc::Status GetEntity(Client& c, const std::string& type, const std::string& id,
+                       const std::string& purpose, exchange::v1::GetEntityResponse* resp);
+
+inline constexpr char kCareAlert[] = "cityos.health.v1.ElderlyCareAlert";
+
+// `alert` about `person` as the care center publishes it: subject
+// health.alert.<person>, SENSITIVE, owner care-center, jurisdiction JP,
+// stored as the entity kCareAlert/`entity_id`.
+event::v1::Event CareAlertEvent(const std::string& person, const std::string& entity_id,
+                                const health::v1::ElderlyCareAlert& alert);
 
 class ExchangeNodeTest : public ::testing::Test {
  protected:

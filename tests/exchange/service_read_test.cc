@@ -112,17 +112,6 @@ class ExchangeReadTest : public ExchangeNodeTest {
     return c.exchange->Query(&ctx, req, resp);
   }
 
-  grpc::Status Get(Client& c, const std::string& type, const std::string& id,
-                   const std::string& purpose, exchange::v1::GetEntityResponse* resp) {
-    exchange::v1::GetEntityRequest req;
-    req.set_type(type);
-    req.set_id(id);
-    req.set_purpose(purpose);
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    return c.exchange->GetEntity(&ctx, req, resp);
-  }
-
   static std::vector<std::string> Ids(const exchange::v1::QueryResponse& r) {
     std::vector<std::string> ids;
     for (const auto& e : r.entities()) ids.push_back(e.id());
@@ -266,19 +255,19 @@ TEST_F(ExchangeReadTest, ADenialRevealsNothingAboutExistence) {
   exchange::v1::GetEntityResponse resp;
   // No right to the type: the same PERMISSION_DENIED for an existing and a
   // missing entity (decided before the store is read).
-  grpc::Status existing = Get(stranger, kBeds, "a-icu-1", "medical_care", &resp);
-  grpc::Status missing = Get(stranger, kBeds, "zz-missing", "medical_care", &resp);
+  grpc::Status existing = GetEntity(stranger, kBeds, "a-icu-1", "medical_care", &resp);
+  grpc::Status missing = GetEntity(stranger, kBeds, "zz-missing", "medical_care", &resp);
   EXPECT_EQ(existing.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(missing.error_code(), grpc::StatusCode::PERMISSION_DENIED);
   EXPECT_EQ(existing.error_message(), missing.error_message());
   // Right to the type, not to this entity: NOT_FOUND exactly as if missing.
-  grpc::Status denied = Get(insurer, kBeds, "b-icu-1", "medical_care", &resp);
-  grpc::Status absent = Get(insurer, kBeds, "b-icu-9", "medical_care", &resp);
+  grpc::Status denied = GetEntity(insurer, kBeds, "b-icu-1", "medical_care", &resp);
+  grpc::Status absent = GetEntity(insurer, kBeds, "b-icu-9", "medical_care", &resp);
   EXPECT_EQ(denied.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(absent.error_code(), grpc::StatusCode::NOT_FOUND);
   EXPECT_EQ(absl::StrReplaceAll(denied.error_message(), {{"b-icu-1", "ID"}}),
             absl::StrReplaceAll(absent.error_message(), {{"b-icu-9", "ID"}}));
-  ASSERT_TRUE(Get(insurer, kBeds, "a-icu-1", "medical_care", &resp).ok());
+  ASSERT_TRUE(GetEntity(insurer, kBeds, "a-icu-1", "medical_care", &resp).ok());
   EXPECT_EQ(resp.entity().id(), "a-icu-1");
 }
 
@@ -450,10 +439,10 @@ TEST_F(ExchangeReadTest, PersonalDataDoesNotCrossTheBorderWithoutARule) {
   Client& clinic = NewClient("jp-clinic", "records");
   Client& partner = NewClient("us-partner", "records");
   exchange::v1::GetEntityResponse resp;
-  grpc::Status home = Get(clinic, kCare, "r-1", "medical_care", &resp);
+  grpc::Status home = GetEntity(clinic, kCare, "r-1", "medical_care", &resp);
   ASSERT_TRUE(home.ok()) << home.error_message();
   EXPECT_EQ(resp.entity().data_subject(), "p-7");
-  EXPECT_EQ(Get(partner, kCare, "r-1", "medical_care", &resp).error_code(),
+  EXPECT_EQ(GetEntity(partner, kCare, "r-1", "medical_care", &resp).error_code(),
             grpc::StatusCode::NOT_FOUND);
   // Explain says why.
   exchange::v1::ExplainRequest req;

@@ -23,8 +23,6 @@ namespace {
 
 using ::testing::HasSubstr;
 
-constexpr char kAlert[] = "cityos.health.v1.ElderlyCareAlert";
-
 constexpr char kPolicy[] = R"(data_categories:
   - name: care.alerts
     subjects: ["health.alert.>"]
@@ -48,20 +46,7 @@ event::v1::Event Alert(const std::string& person, const std::string& id, double 
   a.set_message("fell in the kitchen, calling daughter");
   a.mutable_vitals()->set_heart_rate_bpm(heart_rate);
   a.mutable_vitals()->set_spo2_percent(97);
-  auto e = EventBuilder()
-               .Source("//test.city/care/" + person)
-               .Subject("health.alert." + person)
-               .Type(kAlert)
-               .Domain("health")
-               .Classification(event::v1::CLASSIFICATION_SENSITIVE)
-               .DataSubject(person)
-               .Owner("care-center")
-               .Jurisdiction("JP")
-               .Extension(kEntityIdExtension, id)
-               .ProtoData(a)
-               .Build();
-  EXPECT_TRUE(e.ok()) << e.status();
-  return *e;
+  return CareAlertEvent(person, id, a);
 }
 
 class ExchangeSubscribeTest : public ExchangeNodeTest {
@@ -92,7 +77,7 @@ class ExchangeSubscribeTest : public ExchangeNodeTest {
     exchange::v1::SubscribeRequest req;
     req.set_subject_pattern(pattern);
     req.set_purpose("elderly_care");
-    req.mutable_filter()->set_type(kAlert);
+    req.mutable_filter()->set_type(kCareAlert);
     req.mutable_filter()->set_data_subject(data_subject);
     return req;
   }

@@ -1,7 +1,6 @@
 // Ed25519 keys through OpenSSL 3's EVP interface (cityos/signing.h).
 #include "cityos/signing.h"
 
-#include <fcntl.h>
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
@@ -10,7 +9,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -108,52 +106,6 @@ absl::StatusOr<UniquePkey> GenerateKey() {
   return key;
 }
 
-absl::Status Errno(const std::string& what, const std::string& path) {
-  return absl::InternalError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
-}
-
-// Writes `content` to a new file `path` with `mode`, atomically: the private
-// key never exists with looser permissions, not even for a moment (open
-// with the mode, O_EXCL so a stale temp file of someone else is not reused).
-absl::Status CreateFileAtomically(const std::string& path, const std::string& content,
-                                  mode_t mode) {
-  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
-  ::unlink(tmp.c_str());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
-  if (fd < 0) return Errno("cannot create", tmp);
-  size_t done = 0;
-  while (done < content.size()) {
-    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      absl::Status s = Errno("cannot write", tmp);
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      return s;
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) {
-    absl::Status s = Errno("cannot sync", tmp);
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    return s;
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    absl::Status s = Errno("cannot rename to", path);
-    ::unlink(tmp.c_str());
-    return s;
-  }
-  std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  int dfd = ::open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<UniquePkey> ParseEd25519PublicKey(std::string_view public_key) {
@@ -217,14 +169,17 @@ absl::StatusOr<std::unique_ptr<SigningKey>> SigningKey::Generate() {
 absl::StatusOr<std::unique_ptr<SigningKey>> SigningKey::LoadOrCreate(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
-    if (errno != ENOENT) return audit_internal::Errno("cannot stat signing key", path);
+    if (errno != ENOENT) {
+      return absl::InternalError(
+          absl::StrCat("cannot stat signing key ", path, ": ", std::strerror(errno)));
+    }
     CITYOS_ASSIGN_OR_RETURN(UniquePkey pkey, audit_internal::GenerateKey());
     auto key = std::make_unique<Ed25519Key>(std::move(pkey));
     CITYOS_ASSIGN_OR_RETURN(std::string pem, key->PrivatePem());
     // The public half first: a crash in between leaves no private key
     // without its .pub (a stray .pub is overwritten on the next try).
     CITYOS_RETURN_IF_ERROR(WriteFileAtomically(path + ".pub", key->public_key_pem(), 0644));
-    CITYOS_RETURN_IF_ERROR(audit_internal::CreateFileAtomically(path, pem, 0600));
+    CITYOS_RETURN_IF_ERROR(WriteSecretFileAtomically(path, pem, 0600));
     return std::unique_ptr<SigningKey>(std::move(key));
   }
   if ((st.st_mode & 077) != 0) {

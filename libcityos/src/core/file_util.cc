@@ -22,14 +22,10 @@ absl::Status Errno(const std::string& what, const std::string& path) {
   return absl::InternalError(msg);
 }
 
-}  // namespace
-
-absl::Status WriteFileAtomically(const std::string& path, const std::string& content,
-                                 int mode) {
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-  if (fd < 0) return Errno("cannot create", tmp);
-  ::fchmod(fd, static_cast<mode_t>(mode));
+// Writes `content` into the new temp file `fd` (named `tmp`), then renames it
+// to `path` and syncs the directory. Closes `fd`; removes `tmp` on failure.
+absl::Status FillAndRename(int fd, const std::string& tmp, const std::string& path,
+                           const std::string& content) {
   size_t done = 0;
   while (done < content.size()) {
     ssize_t n = ::write(fd, content.data() + done, content.size() - done);
@@ -62,6 +58,26 @@ absl::Status WriteFileAtomically(const std::string& path, const std::string& con
     ::close(dfd);
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status WriteFileAtomically(const std::string& path, const std::string& content,
+                                 int mode) {
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) return Errno("cannot create", tmp);
+  ::fchmod(fd, static_cast<mode_t>(mode));
+  return FillAndRename(fd, tmp, path, content);
+}
+
+absl::Status WriteSecretFileAtomically(const std::string& path, const std::string& content,
+                                       int mode) {
+  const std::string tmp = absl::StrCat(path, ".tmp.", ::getpid());
+  ::unlink(tmp.c_str());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+  if (fd < 0) return Errno("cannot create", tmp);
+  return FillAndRename(fd, tmp, path, content);
 }
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {

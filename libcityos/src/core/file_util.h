@@ -14,6 +14,13 @@ namespace cityos {
 absl::Status WriteFileAtomically(const std::string& path, const std::string& content,
                                  int mode = 0644);
 
+// WriteFileAtomically for secrets such as private keys: the content never
+// exists with looser permissions or in a file someone else may hold open, not
+// even for a moment (a fresh temp file <path>.tmp.<pid>, opened O_EXCL with
+// `mode`, rather than a reused <path>.tmp).
+absl::Status WriteSecretFileAtomically(const std::string& path, const std::string& content,
+                                       int mode = 0600);
+
 // The whole file. NOT_FOUND if missing; INTERNAL on other errors.
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 

@@ -211,6 +211,28 @@ class DocCompiler {
     return ok;
   }
 
+  // A list of names in which the one variable `variable` (e.g.
+  // $principal.org) may stand: the names go to `names`, the variable sets
+  // `*has_variable`; any other $-name is an error. True when the list is
+  // not empty.
+  bool NamesOrVariable(const YAML::Node& n, const std::string& path,
+                       const std::string& variable, std::vector<std::string>* names,
+                       bool* has_variable) {
+    std::vector<std::string> all;
+    StringList(n, path, &all, [&variable](const std::string& s) {
+      return (s[0] != '$' || s == variable)
+                 ? std::string()
+                 : absl::StrCat("unknown variable ", Quote(s), " (only ", variable, ")");
+    });
+    for (std::string& s : all) {
+      if (s == variable)
+        *has_variable = true;
+      else
+        names->push_back(std::move(s));
+    }
+    return !all.empty();
+  }
+
   void CompileCategory(const YAML::Node& n, const std::string& path) {
     if (!n.IsMap()) {
       Err(n, path, "expected a map with name, subjects, types");
@@ -440,20 +462,8 @@ class DocCompiler {
       }
     }
     if (YAML::Node v = n["owners"]) {
-      std::vector<std::string> owners;
-      StringList(v, path + ".owners", &owners, [](const std::string& s) {
-        return (s[0] != '$' || s == "$principal.org")
-                   ? std::string()
-                   : absl::StrCat("unknown variable ", Quote(s),
-                                  " (only $principal.org)");
-      });
-      r->has_owners = !owners.empty();
-      for (std::string& o : owners) {
-        if (o == "$principal.org")
-          r->owner_is_principal_org = true;
-        else
-          r->owners.push_back(std::move(o));
-      }
+      r->has_owners = NamesOrVariable(v, path + ".owners", "$principal.org", &r->owners,
+                                      &r->owner_is_principal_org);
     }
     if (YAML::Node v = n["regions"]) {
       StringList(v, path + ".regions", &r->regions, [](const std::string& s) {
@@ -475,20 +485,9 @@ class DocCompiler {
                  });
     }
     if (YAML::Node v = n["data_subjects"]) {
-      std::vector<std::string> ds;
-      StringList(v, path + ".data_subjects", &ds, [](const std::string& s) {
-        return (s[0] != '$' || s == "$principal.name")
-                   ? std::string()
-                   : absl::StrCat("unknown variable ", Quote(s),
-                                  " (only $principal.name)");
-      });
-      r->has_data_subjects = !ds.empty();
-      for (std::string& d : ds) {
-        if (d == "$principal.name")
-          r->data_subject_is_principal = true;
-        else
-          r->data_subjects.push_back(std::move(d));
-      }
+      r->has_data_subjects =
+          NamesOrVariable(v, path + ".data_subjects", "$principal.name", &r->data_subjects,
+                          &r->data_subject_is_principal);
     }
   }
 

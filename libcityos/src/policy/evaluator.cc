@@ -78,22 +78,27 @@ bool MatchStatic(const CompiledRule& r, const AccessRequest& q, bool wild,
     if (!Contains(r.ids, *spiffe_cache)) return false;
   }
   const ResourceView& res = q.resource;
-  auto attr = [&](const std::vector<std::string>& list, std::string_view v) {
-    if (list.empty()) return true;
+  // A condition on one resource attribute `v`: holds when the rule does not
+  // state it; else an empty `v` holds only in the wildcard mode, and a
+  // present one when `matches(v)`.
+  auto condition = [wild](bool stated, std::string_view v, auto matches) {
+    if (!stated) return true;
     if (v.empty()) return wild;
-    return Contains(list, v);
+    return static_cast<bool>(matches(v));
   };
-  if (!attr(r.domains, res.domain)) return false;
-  if (!attr(r.types, res.type)) return false;
-  if (!r.subjects.empty()) {
-    if (res.subject.empty()) {
-      if (!wild) return false;
-    } else if (std::none_of(r.subjects.begin(), r.subjects.end(),
-                            [&](const std::string& pat) {
-                              return Covers(pat, res.subject);
-                            })) {
-      return false;
-    }
+  auto in = [](const std::vector<std::string>& list) {
+    return [&list](std::string_view v) { return Contains(list, v); };
+  };
+  auto any_covers = [](const std::vector<std::string>& list, auto covers) {
+    return [&list, covers](std::string_view v) {
+      return std::any_of(list.begin(), list.end(),
+                         [&](const std::string& rule) { return covers(rule, v); });
+    };
+  };
+  if (!condition(!r.domains.empty(), res.domain, in(r.domains))) return false;
+  if (!condition(!r.types.empty(), res.type, in(r.types))) return false;
+  if (!condition(!r.subjects.empty(), res.subject, any_covers(r.subjects, Covers))) {
+    return false;
   }
   if (r.classifications != 0) {
     if (!(wild &&
@@ -102,34 +107,23 @@ bool MatchStatic(const CompiledRule& r, const AccessRequest& q, bool wild,
       return false;
     }
   }
-  if (r.has_owners) {
-    if (res.owner.empty()) {
-      if (!wild) return false;
-    } else if (!Contains(r.owners, res.owner) &&
-               !(r.owner_is_principal_org && res.owner == p.org)) {
-      return false;
-    }
+  if (!condition(r.has_owners, res.owner, [&](std::string_view owner) {
+        return Contains(r.owners, owner) || (r.owner_is_principal_org && owner == p.org);
+      })) {
+    return false;
   }
-  if (!r.regions.empty()) {
-    if (res.region.empty()) {
-      if (!wild) return false;
-    } else if (std::none_of(r.regions.begin(), r.regions.end(),
-                            [&](const std::string& pre) {
-                              return RegionCovers(pre, res.region);
-                            })) {
-      return false;
-    }
+  if (!condition(!r.regions.empty(), res.region, any_covers(r.regions, RegionCovers))) {
+    return false;
   }
-  if (!attr(r.jurisdictions, res.jurisdiction)) return false;
-  if (r.has_data_subjects) {
-    if (res.data_subject.empty()) {
-      if (!wild) return false;
-    } else if (!Contains(r.data_subjects, res.data_subject) &&
-               !(r.data_subject_is_principal &&
-                 p.kind == PrincipalKind::kUser &&
-                 res.data_subject == p.name)) {
-      return false;
-    }
+  if (!condition(!r.jurisdictions.empty(), res.jurisdiction, in(r.jurisdictions))) {
+    return false;
+  }
+  if (!condition(r.has_data_subjects, res.data_subject, [&](std::string_view ds) {
+        return Contains(r.data_subjects, ds) ||
+               (r.data_subject_is_principal && p.kind == PrincipalKind::kUser &&
+                ds == p.name);
+      })) {
+    return false;
   }
   if (!r.purposes.empty()) {
     if (q.purpose.empty())

@@ -10,88 +10,88 @@
 
 namespace cityos {
 
-const char* ActionName(Action a) {
-  switch (a) {
-    case Action::kPublish:
-      return "publish";
-    case Action::kSubscribe:
-      return "subscribe";
-    case Action::kRead:
-      return "read";
-    case Action::kHistory:
-      return "history";
+namespace {
+
+// One row per action: its policy-language name and its proto value.
+struct ActionInfo {
+  Action action;
+  const char* name;
+  exchange::v1::Action proto;
+};
+constexpr ActionInfo kActions[] = {
+    {Action::kPublish, "publish", exchange::v1::ACTION_PUBLISH},
+    {Action::kSubscribe, "subscribe", exchange::v1::ACTION_SUBSCRIBE},
+    {Action::kRead, "read", exchange::v1::ACTION_READ},
+    {Action::kHistory, "history", exchange::v1::ACTION_HISTORY},
+};
+
+const ActionInfo* FindAction(Action a) {
+  for (const ActionInfo& info : kActions) {
+    if (info.action == a) return &info;
   }
-  return "unknown";
+  return nullptr;
+}
+
+// The resource attributes that Event, Resource and Entity all carry under the
+// same names; the callers add the ones only some of them have.
+template <typename Message>
+ResourceView CommonResourceView(const Message& m) {
+  ResourceView v;
+  v.domain = m.domain();
+  v.type = m.type();
+  v.classification = m.classification();
+  v.owner = m.owner();
+  v.region = m.region();
+  v.jurisdiction = m.jurisdiction();
+  v.data_subject = m.data_subject();
+  return v;
+}
+
+template <typename Message>
+void SetLocation(const Message& m, ResourceView* v) {
+  if (m.has_location()) {
+    v->location = std::make_pair(m.location().latitude(), m.location().longitude());
+  }
+}
+
+}  // namespace
+
+const char* ActionName(Action a) {
+  const ActionInfo* info = FindAction(a);
+  return info != nullptr ? info->name : "unknown";
 }
 
 absl::StatusOr<Action> ParseAction(std::string_view s) {
-  if (s == "publish") return Action::kPublish;
-  if (s == "subscribe") return Action::kSubscribe;
-  if (s == "read") return Action::kRead;
-  if (s == "history") return Action::kHistory;
+  for (const ActionInfo& info : kActions) {
+    if (s == info.name) return info.action;
+  }
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown action \"", AV(s), "\" (publish, subscribe, read, history)"));
 }
 
 exchange::v1::Action ToProto(Action a) {
-  switch (a) {
-    case Action::kPublish:
-      return exchange::v1::ACTION_PUBLISH;
-    case Action::kSubscribe:
-      return exchange::v1::ACTION_SUBSCRIBE;
-    case Action::kRead:
-      return exchange::v1::ACTION_READ;
-    case Action::kHistory:
-      return exchange::v1::ACTION_HISTORY;
-  }
-  return exchange::v1::ACTION_UNSPECIFIED;
+  const ActionInfo* info = FindAction(a);
+  return info != nullptr ? info->proto : exchange::v1::ACTION_UNSPECIFIED;
 }
 
 ResourceView ResourceView::Of(const event::v1::Event& event) {
-  ResourceView v;
-  v.domain = event.domain();
-  v.type = event.type();
+  ResourceView v = CommonResourceView(event);
   v.subject = event.subject();
-  v.classification = event.classification();
-  v.owner = event.owner();
-  v.region = event.region();
-  v.jurisdiction = event.jurisdiction();
-  v.data_subject = event.data_subject();
   return v;
 }
 
 ResourceView ResourceView::Of(const exchange::v1::Resource& resource) {
-  ResourceView v;
-  v.domain = resource.domain();
-  v.type = resource.type();
+  ResourceView v = CommonResourceView(resource);
   v.subject = resource.subject();
-  v.classification = resource.classification();
-  v.owner = resource.owner();
-  v.region = resource.region();
-  v.jurisdiction = resource.jurisdiction();
-  v.data_subject = resource.data_subject();
   v.entity_id = resource.entity_id();
-  if (resource.has_location()) {
-    v.location = std::make_pair(resource.location().latitude(),
-                                resource.location().longitude());
-  }
+  SetLocation(resource, &v);
   return v;
 }
 
 ResourceView ResourceView::Of(const exchange::v1::Entity& entity) {
-  ResourceView v;
-  v.domain = entity.domain();
-  v.type = entity.type();
-  v.classification = entity.classification();
-  v.owner = entity.owner();
-  v.region = entity.region();
-  v.jurisdiction = entity.jurisdiction();
-  v.data_subject = entity.data_subject();
+  ResourceView v = CommonResourceView(entity);
   v.entity_id = entity.id();
-  if (entity.has_location()) {
-    v.location = std::make_pair(entity.location().latitude(),
-                                entity.location().longitude());
-  }
+  SetLocation(entity, &v);
   return v;
 }
 
