@@ -29,6 +29,11 @@ ${CITYOS_CONFIG:-$HOME/.config/cityos/config.yaml}. Try, in another terminal:
   $ctl services health
   $ctl streams list
   $ctl topics tail 'carbon.>'
+  $ctl policy list
+  $ctl explain --action read --domain health --type cityos.health.v1.BedAvailability \\
+      --classification public --purpose medical_care
+  $ctl exchange query --type cityos.health.v1.BedAvailability --purpose medical_care
+  $ctl audit verify
   curl -s http://127.0.0.1:9464/metrics | grep cityos_
 Stop with Ctrl-C (the node drains and exits 0).
 

@@ -114,17 +114,19 @@ absl::StatusOr<DevPki> EnsureDevPki(const DevPkiOptions& options) {
     pki.created = true;
   }
 
+  // The development city's operator: runs the bus, loads policies, reads the
+  // audit and may declare emergencies. An admin certificate from an older
+  // version with fewer roles is re-issued.
+  const std::vector<std::string> admin_roles = {"admin", "policy-admin", "auditor",
+                                                "disaster-authority"};
   std::optional<CertificateInfo> have_admin =
       Reusable(pki.admin_cert_file, ca_info);
-  if (!have_admin.has_value() || !fs::exists(pki.admin_key_file)) {
+  if (!have_admin.has_value() || !fs::exists(pki.admin_key_file) ||
+      have_admin->roles != admin_roles) {
     CITYOS_RETURN_IF_ERROR(ca->Issue({.org = options.org,
                                       .kind = PrincipalKind::kUser,
                                       .name = "admin",
-                                      // The development city's operator: runs
-                                      // the bus, loads policies, reads the
-                                      // audit and may declare emergencies.
-                                      .roles = {"admin", "policy-admin", "auditor",
-                                                "disaster-authority"},
+                                      .roles = admin_roles,
                                       .validity = kLeafValidity,
                                       .out = admin_out})
                                .status());
