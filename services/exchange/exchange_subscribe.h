@@ -104,6 +104,15 @@ struct ExchangeServiceOptions {
   // Subscribe: live queue bound of each subscription's bus subscription, in
   // events; 0 = the bus default.
   size_t queue_depth = 0;
+  // Subscribe: after a wake-up that found less than a full batch, the call
+  // lets events gather this long before it waits for more. An idle stream
+  // still delivers its next event at once (the pause follows a delivery, it
+  // does not precede one); a busy one wakes at most once per linger instead
+  // of once per publish, which is what lets many narrow subscriptions (each
+  // wanting a few of the pattern's events) share few cores. The pause ends
+  // early when the stream is cut (access withdrawn, shutdown). Adds at most
+  // this much latency under load; 0 = no pause. Default: 10 ms.
+  absl::Duration linger = absl::Milliseconds(10);
 };
 
 class SubscriptionHub {

@@ -1,5 +1,6 @@
 #include "ingest.h"
 
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -127,8 +128,11 @@ void Ingester::Enqueue(std::vector<exchange::v1::Entity> batch) {
   // memory the bus's queue already holds.
   cv_.wait(lock, [this] { return queue_.size() < 4; });
   queue_.push_back(std::move(batch));
+  std::vector<std::vector<exchange::v1::Entity>> stored;
+  stored.swap(stored_batches_);
   lock.unlock();
   cv_.notify_all();
+  stored.clear();  // frees the entities the writer stored, off its thread
 }
 
 void Ingester::WriteLoop() {
@@ -140,6 +144,13 @@ void Ingester::WriteLoop() {
       if (queue_.empty()) return;  // readers done and everything written
       batch = std::move(queue_.front());
       queue_.pop_front();
+      // Whatever else waits goes into the same transaction, in order.
+      while (!queue_.empty()) {
+        std::vector<exchange::v1::Entity>& next = queue_.front();
+        batch.insert(batch.end(), std::make_move_iterator(next.begin()),
+                     std::make_move_iterator(next.end()));
+        queue_.pop_front();
+      }
     }
     cv_.notify_all();
     const size_t n = batch.size();
@@ -151,6 +162,11 @@ void Ingester::WriteLoop() {
     if (stored.ok()) {
       stored_.fetch_add(n, std::memory_order_relaxed);
       Metrics().stored.Add(n);
+      std::lock_guard<std::mutex> lock(mu_);
+      // Bounded: with the readers idle, the writer frees them itself.
+      if (!readers_done_ && stored_batches_.size() < 4) {
+        stored_batches_.push_back(*std::move(stored));
+      }
       continue;
     }
     failed_.fetch_add(n, std::memory_order_relaxed);

@@ -11,7 +11,10 @@
 //
 // Two stages run in parallel: one reader thread per pattern decodes events
 // into entities, one writer thread stores the batches (a few batches may wait
-// between them; beyond that the readers wait and the bus queues).
+// between them; beyond that the readers wait and the bus queues). When the
+// writer falls behind, it stores every waiting batch in one transaction
+// (fewer commits, each cheaper per entity), and the readers free what it
+// stored, so that the writer does little besides writing.
 //
 // Replaying the streams at start is not done: entities are as fresh as the
 // live traffic since the store was last running.
@@ -80,6 +83,10 @@ class Ingester {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::vector<exchange::v1::Entity>> queue_;  // guarded by mu_
+  // Batches the writer stored, for a reader to free: freeing thousands of
+  // entities is a good part of a batch's cost, and the writer is the stage
+  // that bounds the ingest rate. Guarded by mu_.
+  std::vector<std::vector<exchange::v1::Entity>> stored_batches_;
   bool readers_done_ = false;                             // guarded by mu_
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> stored_{0};

@@ -37,13 +37,22 @@ bool IsGeoPointType(const pb::Descriptor* d) {
   return d->full_name() == "cityos.common.v1.GeoPoint";
 }
 
-absl::StatusOr<std::unique_ptr<pb::Message>> ParsePayload(const pb::Any& any) {
-  std::string_view type = TypeNameFromUrl(any.type_url());
+namespace {
+
+// The prototype of a payload type, or null when the type is unknown.
+const pb::Message* PrototypeFor(std::string_view type) {
+  // Looking a type up in the generated pool takes the pool's lock and builds
+  // a std::string, and the factory takes its own lock: per event on the
+  // ingest path that is a good part of the view's cost. Known types are
+  // remembered per thread (descriptors and prototypes of the generated pool
+  // live as long as the process); unknown ones are not, since the pool can
+  // still learn them and a producer sending random type names must not grow
+  // the cache.
+  thread_local absl::flat_hash_map<std::string, const pb::Message*> cache;
+  auto it = cache.find(AV(type));
+  if (it != cache.end()) return it->second;
   const pb::Descriptor* d = FindPayloadType(type);
-  if (d == nullptr) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("payload type \"%s\" is unknown to this node", type));
-  }
+  if (d == nullptr) return nullptr;
   const pb::Message* prototype = pb::MessageFactory::generated_factory()->GetPrototype(d);
   if (prototype == nullptr) {
     // Types in the generated pool always have a generated prototype; the
@@ -52,6 +61,19 @@ absl::StatusOr<std::unique_ptr<pb::Message>> ParsePayload(const pb::Any& any) {
     static absl::Mutex* mu = new absl::Mutex();
     absl::MutexLock lock(mu);
     prototype = dynamic->GetPrototype(d);
+  }
+  if (prototype != nullptr) cache.emplace(std::string(type), prototype);
+  return prototype;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<pb::Message>> ParsePayload(const pb::Any& any) {
+  std::string_view type = TypeNameFromUrl(any.type_url());
+  const pb::Message* prototype = PrototypeFor(type);
+  if (prototype == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("payload type \"%s\" is unknown to this node", type));
   }
   std::unique_ptr<pb::Message> m(prototype->New());
   if (!m->ParseFromString(any.value())) {
@@ -262,10 +284,21 @@ void PayloadToAttributes(const pb::Message& payload, exchange::v1::Entity* entit
   exchange::v1::ValueMap map;
   MessageToValueMap(payload, &map);
   entity->mutable_attributes()->swap(*map.mutable_fields());
-  const pb::FieldDescriptor* loc = payload.GetDescriptor()->FindFieldByName("location");
-  if (loc != nullptr && !loc->is_repeated() &&
-      loc->cpp_type() == pb::FieldDescriptor::CPPTYPE_MESSAGE &&
-      IsGeoPointType(loc->message_type()) && payload.GetReflection()->HasField(payload, loc)) {
+  // The `location` field of each payload type, if it is a GeoPoint;
+  // remembered per thread like UnitField's answers.
+  thread_local absl::flat_hash_map<const pb::Descriptor*, const pb::FieldDescriptor*> locations;
+  const pb::Descriptor* d = payload.GetDescriptor();
+  auto it = locations.find(d);
+  if (it == locations.end()) {
+    const pb::FieldDescriptor* f = d->FindFieldByName("location");
+    if (f != nullptr && (f->is_repeated() || f->cpp_type() != pb::FieldDescriptor::CPPTYPE_MESSAGE ||
+                         !IsGeoPointType(f->message_type()))) {
+      f = nullptr;
+    }
+    it = locations.emplace(d, f).first;
+  }
+  const pb::FieldDescriptor* loc = it->second;
+  if (loc != nullptr && payload.GetReflection()->HasField(payload, loc)) {
     entity->mutable_location()->CopyFrom(payload.GetReflection()->GetMessage(payload, loc));
   }
 }
