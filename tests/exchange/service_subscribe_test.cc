@@ -118,6 +118,56 @@ TEST_F(ExchangeSubscribeTest, EveryEventIsDecidedAndRedactedOnNestedFields) {
   s.reader->Finish();
 }
 
+// The filter selects events by entity id and by attribute; conditions on a
+// redacted field never match (filtering must not reveal a redacted value).
+TEST_F(ExchangeSubscribeTest, FilterSelectsByIdAndAttributeOnTheRedactedCopy) {
+  TheHooks().consent.Grant("care-center", "p-1");
+  Client& center = NewClient("care-center", "monitor");
+  exchange::v1::SubscribeRequest req = Request("health.alert.>");
+  req.mutable_filter()->add_ids("a-2");
+  req.mutable_filter()->add_ids("a-3");
+  auto* low_oxygen = req.mutable_filter()->add_attributes();
+  low_oxygen->set_path("vitals.spo2_percent");
+  low_oxygen->set_comparison(exchange::v1::COMPARISON_LESS);
+  low_oxygen->mutable_value()->set_double_value(95);
+  Stream s = Open(center, req);
+  exchange::v1::SubscribeRequest on_redacted = Request("health.alert.>");
+  auto* heart = on_redacted.mutable_filter()->add_attributes();
+  heart->set_path("vitals.heart_rate_bpm");
+  heart->set_comparison(exchange::v1::COMPARISON_EXISTS);
+  // This one runs until its deadline: reading to the end then sees every
+  // delivery it got (a cancelled reader drops what is buffered).
+  Stream r;
+  Deadline(r.ctx.get(), absl::Seconds(3));
+  r.reader = center.exchange->Subscribe(r.ctx.get(), on_redacted);
+  r.reader->WaitForInitialMetadata();
+
+  auto alert = [](const std::string& id, double spo2) {
+    event::v1::Event e = Alert("p-1", id, 120);
+    health::v1::ElderlyCareAlert a;
+    EXPECT_TRUE(e.proto_data().UnpackTo(&a));
+    a.mutable_vitals()->set_spo2_percent(spo2);
+    return CareAlertEvent("p-1", id, a);
+  };
+  // a-1: wrong id; a-2: oxygen fine; a-3: the one that matches.
+  ASSERT_NO_FATAL_FAILURE(Publish({alert("a-1", 90), alert("a-2", 97), alert("a-3", 91)}));
+  exchange::v1::ExchangeDelivery d;
+  ASSERT_TRUE(ReadOne(s, &d));
+  EXPECT_EQ(d.event().extensions().at(kEntityIdExtension), "a-3");
+  // Nothing reaches the subscription filtering on the redacted heart rate
+  // before its deadline (a broken filter would have delivered four events).
+  ASSERT_NO_FATAL_FAILURE(Publish({alert("a-2", 80)}));
+  ASSERT_TRUE(ReadOne(s, &d));
+  EXPECT_EQ(d.event().extensions().at(kEntityIdExtension), "a-2");
+  exchange::v1::SubscribeResponse resp;
+  int delivered = 0;
+  while (r.reader->Read(&resp)) delivered += resp.deliveries_size();
+  EXPECT_EQ(delivered, 0) << "a condition on a redacted field must never match";
+  r.reader->Finish();
+  s.ctx->TryCancel();
+  s.reader->Finish();
+}
+
 TEST_F(ExchangeSubscribeTest, ValidationAndDenialBeforeAnythingIsRead) {
   Client& center = NewClient("care-center", "monitor");
   Client& stranger = NewClient("stranger", "x");
