@@ -30,6 +30,9 @@
 #include "cityos/observability.h"
 #include "cityos/registry/v1/registry.grpc.pb.h"
 #include "cityos/tls.h"
+#ifdef CITYOS_HAVE_INFOBANK
+#include "receipts.h"
+#endif
 
 namespace cityos::ctl {
 namespace {
@@ -1177,6 +1180,107 @@ int ExchangeSubscribe(const Globals& g, const std::string& pattern, const std::s
   return 0;
 }
 
+
+// --- consent receipts (offline) ---
+
+#ifdef CITYOS_HAVE_INFOBANK
+// `consent verify-receipt FILE [--public-key PEMFILE]`: FILE holds a compact
+// JWS, or a JSON object with a `jws` string member (GetReceipt's receipt).
+// Exit 0 "signature OK"; exit 1 when it does not verify or is malformed.
+int ConsentVerifyReceipt(const Globals& g, const std::string& file, const std::string& key_file,
+                         std::ostream& out, std::ostream& err) {
+  std::string text = ReadFileOrFail(file);
+  std::string jws = text;
+  const size_t first = text.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && text[first] == '{') {
+    json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) Fail(file + ": not valid JSON");
+    // Also accept GetReceipt's response shape {"receipt": {"jws": ...}}.
+    const json* holder = &j;
+    if (!j.contains("jws") && j.contains("receipt") && j["receipt"].is_object()) {
+      holder = &j["receipt"];
+    }
+    auto it = holder->find("jws");
+    if (it == holder->end() || !it->is_string()) {
+      Fail(file + ": a JSON object without a \"jws\" string member");
+    }
+    jws = it->get<std::string>();
+  }
+  std::string key;
+  const bool embedded = key_file.empty();
+  if (embedded) {
+    auto claimed = infobank::DecodeReceiptJwsUnverified(jws);
+    if (!claimed.ok()) Fail(file + ": " + Msg(claimed.status()));
+    if (claimed->public_key().empty()) {
+      Fail(file + ": the receipt embeds no publicKey: pass --public-key");
+    }
+    key = claimed->public_key();
+  } else {
+    key = ReadFileOrFail(key_file);
+  }
+  auto key_id = infobank::PublicKeyId(key);
+  if (!key_id.ok()) Fail((embedded ? file : key_file) + ": " + Msg(key_id.status()));
+  if (embedded) {
+    err << "cityosctl: warning: no --public-key: checked against the key embedded in the "
+           "receipt itself (trust on first use). This shows the receipt is intact, not who "
+           "issued it: compare key id "
+        << *key_id << " with the bank's published key.\n";
+  }
+  auto receipt = infobank::VerifyReceiptJws(jws, key);
+  if (!receipt.ok()) Fail(file + ": " + Msg(receipt.status()));
+  auto extras = infobank::DecodeReceiptExtrasUnverified(jws);  // verified above
+  const std::string event = extras.ok() ? extras->event : "";
+  const std::string consent_id = extras.ok() ? extras->consent_id : "";
+  std::vector<std::string> purposes, recipients;
+  for (const auto& s : receipt->services()) {
+    for (const auto& p : s.purposes()) {
+      purposes.push_back(p.purpose());
+      if (std::find(recipients.begin(), recipients.end(), p.third_party_name()) ==
+          recipients.end()) {
+        recipients.push_back(p.third_party_name());
+      }
+    }
+  }
+  auto join = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s.empty() ? "-" : s;
+  };
+  std::vector<std::string> controllers;
+  for (const auto& c : receipt->pii_controllers()) controllers.push_back(c.name());
+  if (g.json) {
+    PrintJson(out, json{{"signature", "OK"},
+                        {"key", embedded ? "embedded" : "public-key"},
+                        {"key_id", *key_id},
+                        {"event", event},
+                        {"consent_id", consent_id},
+                        {"receipt", ToJson(*receipt)}});
+    return 0;
+  }
+  out << "receipt     " << receipt->consent_receipt_id() << "\n"
+      << "event       " << OrDash(event) << "\n"
+      << "consent     " << OrDash(consent_id) << "\n"
+      << "principal   " << receipt->pii_principal_id() << "\n"
+      << "controller  " << join(controllers) << "\n"
+      << "recipient   " << join(recipients) << "\n"
+      << "purposes    " << join(purposes) << "\n"
+      << "categories  "
+      << (receipt->services_size() > 0 && receipt->services(0).purposes_size() > 0
+              ? Join(receipt->services(0).purposes(0).pii_categories())
+              : "-")
+      << "\n"
+      << "time        " << FormatTs(receipt->consent_timestamp()) << "\n"
+      << "key id      " << *key_id << (embedded ? " (embedded in the receipt)" : "") << "\n"
+      << "signature OK\n";
+  return 0;
+}
+#else
+int ConsentVerifyReceipt(const Globals&, const std::string&, const std::string&, std::ostream&,
+                         std::ostream&) {
+  Fail("consent verify-receipt: this cityosctl was built without the information bank");
+}
+#endif
+
 }  // namespace
 
 bool CancelActiveCall() {
@@ -1467,6 +1571,20 @@ int Run(int argc, char** argv, std::ostream& out, std::ostream& err) {
   exch_sub->add_option("--type", sub_type, "Only events of this type");
   exch_sub->add_option("--count", sub_count, "Stop after N events (0: never)");
 
+  // consent
+  CLI::App* consent_cmd = app.add_subcommand("consent", "Consents of the information bank");
+  consent_cmd->require_subcommand(1);
+  std::string receipt_file, receipt_key;
+  CLI::App* verify_receipt = consent_cmd->add_subcommand(
+      "verify-receipt",
+      "Verify a signed consent receipt offline (exit 1 if the signature does not verify)");
+  verify_receipt->add_option("file", receipt_file,
+                             "The receipt: a compact JWS, or JSON with a \"jws\" member")
+      ->required();
+  verify_receipt->add_option("--public-key", receipt_key,
+                             "The bank's receipt public key (PEM); default: the key embedded "
+                             "in the receipt (trust on first use)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -1526,6 +1644,8 @@ int Run(int argc, char** argv, std::ostream& out, std::ostream& err) {
       ExchangeGet(g, get_type, get_id, get_purpose, out);
     else if (exch_sub->parsed())
       return ExchangeSubscribe(g, sub_pattern, sub_purpose, sub_type, sub_count, out);
+    else if (verify_receipt->parsed())
+      return ConsentVerifyReceipt(g, receipt_file, receipt_key, out, err);
   } catch (const CommandError& e) {
     out.flush();
     err << "cityosctl: " << e.message << "\n";

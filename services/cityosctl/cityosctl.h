@@ -5,7 +5,9 @@
 //
 // Commands: context, ca, cert, services, streams, topics (the mesh); policy
 // load|list|validate, explain, emergency declare|end|list, audit
-// query|verify, exchange query|get|subscribe (the data exchange).
+// query|verify, exchange query|get|subscribe (the data exchange); consent
+// verify-receipt (offline check of a signed consent receipt; exit 1 when its
+// signature does not verify).
 // `audit verify` and `policy validate` exit 1 when they find a fault (the
 // first bad audit entry, or the policy errors, are printed on `out`).
 //

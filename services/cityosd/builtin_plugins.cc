@@ -3,6 +3,7 @@
 #include "bus_plugin.h"
 #include "cityos/status.h"
 #include "exchange_plugin.h"
+#include "infobank_plugin.h"
 #include "registry_plugin.h"
 
 namespace cityos {
@@ -13,6 +14,7 @@ absl::Status RegisterBuiltinPlugins(PluginRegistry& registry) {
   CITYOS_RETURN_IF_ERROR(RegisterBusPlugin(registry));
   CITYOS_RETURN_IF_ERROR(RegisterRegistryPlugin(registry));
   CITYOS_RETURN_IF_ERROR(RegisterExchangePlugin(registry));
+  CITYOS_RETURN_IF_ERROR(RegisterInfobankPlugin(registry));
   return absl::OkStatus();
 }
 
