@@ -22,6 +22,7 @@
 #include "cityos/id.h"
 #include "cityos/proto_time.h"
 #include "cityos/status.h"
+#include "sqlite_util.h"
 
 namespace cityos::infobank {
 namespace {
@@ -42,36 +43,11 @@ bool CategoryCovers(std::string_view rule, std::string_view category) {
   return category.size() == rule.size() || category[rule.size()] == '.';
 }
 
-class Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr); }
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  bool ok() const { return rc_ == SQLITE_OK; }
-  void Text(int i, std::string_view v) {
-    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-  }
-  void Int(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); }
-  int Step() { return sqlite3_step(s_); }
-  std::string ColText(int i) {
-    const unsigned char* p = sqlite3_column_text(s_, i);
-    return p ? std::string(reinterpret_cast<const char*>(p),
-                           static_cast<size_t>(sqlite3_column_bytes(s_, i)))
-             : std::string();
-  }
-  int64_t ColInt(int i) { return sqlite3_column_int64(s_, i); }
-
- private:
-  sqlite3_stmt* s_ = nullptr;
-  int rc_;
-};
-
 constexpr const char* kEntryColumns =
     "entry_id, idempotency_key, kind, points, balance, time_ns, recipient_org, purpose, "
     "consent_id, rule_id, reverses_entry_id, description, data_subject, seq";
 
-BenefitEntry ReadEntry(Stmt& s) {
+BenefitEntry ReadEntry(SqliteStmt& s) {
   BenefitEntry e;
   e.set_entry_id(s.ColText(0));
   e.set_idempotency_key(s.ColText(1));
@@ -128,10 +104,10 @@ class SqliteBenefitLedger final : public BenefitLedger {
       std::string_view data_subject) override {
     consent::v1::GetBenefitBalanceResponse out;
     absl::MutexLock lock(&mu_);
-    Stmt s(db_,
+    SqliteStmt s(db_,
            "SELECT balance, entry_id FROM entries WHERE data_subject = ? ORDER BY seq DESC LIMIT 1");
     if (!s.ok()) return SqlError("prepare balance");
-    s.Text(1, data_subject);
+    s.Bind(1, data_subject);
     int rc = s.Step();
     if (rc == SQLITE_ROW) {
       out.set_balance(s.ColInt(0));
@@ -178,14 +154,14 @@ class SqliteBenefitLedger final : public BenefitLedger {
     CITYOS_RETURN_IF_ERROR(Exec("BEGIN"));  // page and totals from one snapshot
     absl::Status st = [&]() -> absl::Status {
       {
-        Stmt s(db_,
+        SqliteStmt s(db_,
                "SELECT COALESCE(SUM(CASE WHEN points > 0 THEN points END), 0),"
                "       COALESCE(SUM(CASE WHEN points < 0 THEN -points END), 0)"
                " FROM entries WHERE data_subject = ? AND time_ns >= ? AND time_ns < ?");
         if (!s.ok()) return SqlError("prepare totals");
-        s.Text(1, data_subject);
-        s.Int(2, from_ns);
-        s.Int(3, to_ns);
+        s.Bind(1, data_subject);
+        s.Bind(2, from_ns);
+        s.Bind(3, to_ns);
         if (s.Step() != SQLITE_ROW) return SqlError("totals");
         out.set_credited(s.ColInt(0));
         out.set_debited(s.ColInt(1));
@@ -194,13 +170,13 @@ class SqliteBenefitLedger final : public BenefitLedger {
           "SELECT ", kEntryColumns,
           " FROM entries WHERE data_subject = ? AND time_ns >= ? AND time_ns < ? AND seq < ?"
           " ORDER BY seq DESC LIMIT ?");
-      Stmt s(db_, sql.c_str());
+      SqliteStmt s(db_, sql.c_str());
       if (!s.ok()) return SqlError("prepare statement");
-      s.Text(1, data_subject);
-      s.Int(2, from_ns);
-      s.Int(3, to_ns);
-      s.Int(4, before_seq);
-      s.Int(5, page_size + 1);
+      s.Bind(1, data_subject);
+      s.Bind(2, from_ns);
+      s.Bind(3, to_ns);
+      s.Bind(4, before_seq);
+      s.Bind(5, page_size + 1);
       int rc;
       int64_t last_seq = 0;
       while ((rc = s.Step()) == SQLITE_ROW) {
@@ -237,9 +213,9 @@ class SqliteBenefitLedger final : public BenefitLedger {
       std::string_view key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     const std::string sql =
         absl::StrCat("SELECT ", kEntryColumns, " FROM entries WHERE idempotency_key = ?");
-    Stmt s(db_, sql.c_str());
+    SqliteStmt s(db_, sql.c_str());
     if (!s.ok()) return SqlError("prepare idempotency lookup");
-    s.Text(1, key);
+    s.Bind(1, key);
     int rc = s.Step();
     if (rc == SQLITE_DONE) return std::optional<std::pair<BenefitEntry, std::string>>();
     if (rc != SQLITE_ROW) return SqlError("idempotency lookup");
@@ -265,9 +241,9 @@ class SqliteBenefitLedger final : public BenefitLedger {
     }
     int64_t balance = 0;
     {
-      Stmt s(db_, "SELECT balance FROM entries WHERE data_subject = ? ORDER BY seq DESC LIMIT 1");
+      SqliteStmt s(db_, "SELECT balance FROM entries WHERE data_subject = ? ORDER BY seq DESC LIMIT 1");
       if (!s.ok()) return SqlError("prepare balance");
-      s.Text(1, data_subject);
+      s.Bind(1, data_subject);
       int rc = s.Step();
       if (rc == SQLITE_ROW) {
         balance = s.ColInt(0);
@@ -289,25 +265,25 @@ class SqliteBenefitLedger final : public BenefitLedger {
     e.set_rule_id(rule.id);
     e.set_description(absl::StrFormat("%d points for providing %s to %s for %s", rule.points,
                                       AVs(data_category), AVs(recipient_org), AVs(purpose)));
-    Stmt s(db_,
+    SqliteStmt s(db_,
            "INSERT INTO entries(entry_id, idempotency_key, kind, points, balance, time_ns,"
            " recipient_org, purpose, consent_id, rule_id, reverses_entry_id, description,"
            " data_subject, data_category) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
     if (!s.ok()) return SqlError("prepare credit");
-    s.Text(1, e.entry_id());
-    s.Text(2, e.idempotency_key());
-    s.Int(3, e.kind());
-    s.Int(4, e.points());
-    s.Int(5, e.balance());
-    s.Int(6, absl::ToUnixNanos(now));
-    s.Text(7, e.recipient_org());
-    s.Text(8, e.purpose());
-    s.Text(9, e.consent_id());
-    s.Text(10, e.rule_id());
-    s.Text(11, "");
-    s.Text(12, e.description());
-    s.Text(13, data_subject);
-    s.Text(14, data_category);
+    s.Bind(1, e.entry_id());
+    s.Bind(2, e.idempotency_key());
+    s.Bind(3, e.kind());
+    s.Bind(4, e.points());
+    s.Bind(5, e.balance());
+    s.Bind(6, absl::ToUnixNanos(now));
+    s.Bind(7, e.recipient_org());
+    s.Bind(8, e.purpose());
+    s.Bind(9, e.consent_id());
+    s.Bind(10, e.rule_id());
+    s.Bind(11, "");
+    s.Bind(12, e.description());
+    s.Bind(13, data_subject);
+    s.Bind(14, data_category);
     if (s.Step() != SQLITE_DONE) return SqlError("credit");
     return e;
   }

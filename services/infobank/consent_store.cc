@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/time.h"
+#include "sqlite_util.h"
 
 namespace cityos::infobank {
 namespace {
@@ -50,53 +51,10 @@ CREATE TABLE IF NOT EXISTS proposals(
   proto BLOB NOT NULL);
 )sql";
 
-// One prepared statement, finalized on scope exit.
-class Stmt {
+// Statements whose errors read "consent store: ...".
+class Stmt : public SqliteStmt {
  public:
-  Stmt(sqlite3* db, const char* sql) : db_(db) {
-    rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
-  }
-  ~Stmt() { sqlite3_finalize(stmt_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-
-  absl::Status status() const {
-    if (rc_ == SQLITE_OK) return absl::OkStatus();
-    return absl::InternalError(absl::StrCat("consent store: ", sqlite3_errmsg(db_)));
-  }
-  Stmt& Bind(int i, std::string_view s) {
-    sqlite3_bind_text(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& BindBlob(int i, const std::string& s) {
-    sqlite3_bind_blob(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
-    return *this;
-  }
-  Stmt& Bind(int i, int64_t v) {
-    sqlite3_bind_int64(stmt_, i, v);
-    return *this;
-  }
-  // SQLITE_ROW / SQLITE_DONE, or an error status.
-  absl::StatusOr<bool> Step() {
-    int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    return absl::InternalError(absl::StrCat("consent store: ", sqlite3_errmsg(db_)));
-  }
-  absl::Status Run() {
-    absl::StatusOr<bool> r = Step();
-    return r.ok() ? absl::OkStatus() : r.status();
-  }
-  std::string Column(int i) {
-    const void* p = sqlite3_column_blob(stmt_, i);
-    int n = sqlite3_column_bytes(stmt_, i);
-    return p == nullptr ? std::string() : std::string(static_cast<const char*>(p), n);
-  }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* stmt_ = nullptr;
-  int rc_;
+  Stmt(sqlite3* db, const char* sql) : SqliteStmt(db, sql, "consent store") {}
 };
 
 int64_t Micros(const google::protobuf::Timestamp& t) {
@@ -120,10 +78,10 @@ absl::StatusOr<std::vector<M>> All(sqlite3* db, const char* sql, BindFn bind, co
   bind(s);
   std::vector<M> out;
   while (true) {
-    absl::StatusOr<bool> row = s.Step();
+    absl::StatusOr<bool> row = s.Next();
     if (!row.ok()) return row.status();
     if (!*row) break;
-    absl::StatusOr<M> m = Parse<M>(s.Column(0), what);
+    absl::StatusOr<M> m = Parse<M>(s.ColBlob(0), what);
     if (!m.ok()) return m.status();
     out.push_back(*std::move(m));
   }
@@ -239,10 +197,10 @@ absl::StatusOr<std::optional<std::string>> ConsentStore::ConsentForRequest(
   Stmt s(db_, "SELECT consent_id FROM grant_requests WHERE data_subject=? AND request_id=?");
   if (!s.status().ok()) return s.status();
   s.Bind(1, data_subject).Bind(2, request_id);
-  absl::StatusOr<bool> row = s.Step();
+  absl::StatusOr<bool> row = s.Next();
   if (!row.ok()) return row.status();
   if (!*row) return std::nullopt;
-  return s.Column(0);
+  return s.ColBlob(0);
 }
 
 absl::StatusOr<std::optional<Consent>> ConsentStore::GetConsent(std::string_view consent_id) {

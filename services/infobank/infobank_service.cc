@@ -34,6 +34,15 @@ using consent::v1::ConsentEvent;
 using consent::v1::Proposal;
 using consent::v1::Receipt;
 
+// The unary handlers' frame: resolves the caller, runs `body(caller)`, which
+// fills the response, and maps its status to gRPC.
+template <typename Body>
+grpc::Status Serve(const InfobankCallerResolver& resolver, grpc::ServerContext* ctx, Body&& body) {
+  absl::StatusOr<Principal> caller = resolver(ctx);
+  if (!caller.ok()) return ToGrpcStatus(caller.status());
+  return ToGrpcStatus(body(*caller));
+}
+
 constexpr char kEthicsBoard[] = "data-ethics-board";
 constexpr char kInfobankAdmin[] = "infobank-admin";
 
@@ -565,52 +574,48 @@ absl::StatusOr<consent::v1::RevokeConsentResponse> InfobankService::Revoke(
 grpc::Status InfobankService::GrantConsent(grpc::ServerContext* ctx,
                                            const consent::v1::GrantConsentRequest* request,
                                            consent::v1::GrantConsentResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<consent::v1::GrantConsentResponse> r = Grant(*caller, *request);
-  if (!r.ok()) return ToGrpcStatus(r.status());
-  *response = *std::move(r);
-  return grpc::Status::OK;
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    CITYOS_ASSIGN_OR_RETURN(*response, Grant(caller, *request));
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InfobankService::RevokeConsent(grpc::ServerContext* ctx,
                                             const consent::v1::RevokeConsentRequest* request,
                                             consent::v1::RevokeConsentResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<consent::v1::RevokeConsentResponse> r = Revoke(*caller, *request);
-  if (!r.ok()) return ToGrpcStatus(r.status());
-  *response = *std::move(r);
-  return grpc::Status::OK;
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    CITYOS_ASSIGN_OR_RETURN(*response, Revoke(caller, *request));
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InfobankService::ListConsents(grpc::ServerContext* ctx,
                                            const consent::v1::ListConsentsRequest* request,
                                            consent::v1::ListConsentsResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<std::string> person = Person(*caller, request->data_subject());
-  RETURN_GRPC_IF_ERROR(person.status());
-  absl::StatusOr<size_t> size = PageSize(request->page_size());
-  RETURN_GRPC_IF_ERROR(size.status());
-  absl::StatusOr<size_t> offset = PageOffset(request->page_token());
-  RETURN_GRPC_IF_ERROR(offset.status());
-  absl::StatusOr<std::vector<Consent>> all = deps_.store->ListConsents(*person);
-  RETURN_GRPC_IF_ERROR(all.status());
-  const absl::Time now = deps_.clock->Now();
-  std::vector<Consent> shown;
-  for (Consent& c : *all) {
-    // The sweep may lag the clock by a moment: show what is true now.
-    if (c.state() == consent::v1::CONSENT_STATE_ACTIVE && c.has_expire_time() &&
-        FromTs(c.expire_time()) <= now) {
-      c.set_state(consent::v1::CONSENT_STATE_EXPIRED);
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    CITYOS_RETURN_IF_ERROR(person.status());
+    absl::StatusOr<size_t> size = PageSize(request->page_size());
+    CITYOS_RETURN_IF_ERROR(size.status());
+    absl::StatusOr<size_t> offset = PageOffset(request->page_token());
+    CITYOS_RETURN_IF_ERROR(offset.status());
+    absl::StatusOr<std::vector<Consent>> all = deps_.store->ListConsents(*person);
+    CITYOS_RETURN_IF_ERROR(all.status());
+    const absl::Time now = deps_.clock->Now();
+    std::vector<Consent> shown;
+    for (Consent& c : *all) {
+      // The sweep may lag the clock by a moment: show what is true now.
+      if (c.state() == consent::v1::CONSENT_STATE_ACTIVE && c.has_expire_time() &&
+          FromTs(c.expire_time()) <= now) {
+        c.set_state(consent::v1::CONSENT_STATE_EXPIRED);
+      }
+      if (c.state() == consent::v1::CONSENT_STATE_ACTIVE || request->include_inactive()) {
+        shown.push_back(std::move(c));
+      }
     }
-    if (c.state() == consent::v1::CONSENT_STATE_ACTIVE || request->include_inactive()) {
-      shown.push_back(std::move(c));
-    }
-  }
-  Page(shown, *offset, *size, response->mutable_consents(), response->mutable_next_page_token());
-  return grpc::Status::OK;
+    Page(shown, *offset, *size, response->mutable_consents(), response->mutable_next_page_token());
+    return absl::OkStatus();
+  });
 }
 
 std::vector<ConsentEvent> InfobankService::RangeFilter(std::vector<ConsentEvent> events,
@@ -628,48 +633,48 @@ std::vector<ConsentEvent> InfobankService::RangeFilter(std::vector<ConsentEvent>
 grpc::Status InfobankService::GetConsentHistory(
     grpc::ServerContext* ctx, const consent::v1::GetConsentHistoryRequest* request,
     consent::v1::GetConsentHistoryResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<std::string> person = Person(*caller, request->data_subject());
-  RETURN_GRPC_IF_ERROR(person.status());
-  absl::StatusOr<size_t> size = PageSize(request->page_size());
-  RETURN_GRPC_IF_ERROR(size.status());
-  absl::StatusOr<size_t> offset = PageOffset(request->page_token());
-  RETURN_GRPC_IF_ERROR(offset.status());
-  absl::StatusOr<std::vector<ConsentEvent>> events =
-      deps_.store->History(*person, request->consent_id());
-  RETURN_GRPC_IF_ERROR(events.status());
-  std::vector<ConsentEvent> shown = RangeFilter(*std::move(events), request->range());
-  Page(shown, *offset, *size, response->mutable_events(), response->mutable_next_page_token());
-  return grpc::Status::OK;
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    CITYOS_RETURN_IF_ERROR(person.status());
+    absl::StatusOr<size_t> size = PageSize(request->page_size());
+    CITYOS_RETURN_IF_ERROR(size.status());
+    absl::StatusOr<size_t> offset = PageOffset(request->page_token());
+    CITYOS_RETURN_IF_ERROR(offset.status());
+    absl::StatusOr<std::vector<ConsentEvent>> events =
+        deps_.store->History(*person, request->consent_id());
+    CITYOS_RETURN_IF_ERROR(events.status());
+    std::vector<ConsentEvent> shown = RangeFilter(*std::move(events), request->range());
+    Page(shown, *offset, *size, response->mutable_events(), response->mutable_next_page_token());
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InfobankService::GetReceipt(grpc::ServerContext* ctx,
                                          const consent::v1::GetReceiptRequest* request,
                                          consent::v1::GetReceiptResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  const grpc::Status not_found(grpc::StatusCode::NOT_FOUND,
-                               absl::StrFormat("receipt \"%s\" not found", request->receipt_id()));
-  absl::StatusOr<std::optional<Receipt>> r = deps_.store->GetReceipt(request->receipt_id());
-  RETURN_GRPC_IF_ERROR(r.status());
-  if (!r->has_value()) return not_found;
-  absl::StatusOr<std::optional<Consent>> c = deps_.store->GetConsent((*r)->consent_id());
-  RETURN_GRPC_IF_ERROR(c.status());
-  if (!c->has_value()) return not_found;
-  const Consent& consent = **c;
-  bool allowed = caller->kind == PrincipalKind::kUser && caller->name == consent.data_subject();
-  if (!allowed && caller->kind == PrincipalKind::kService) {
-    if (consent.has_recipient_org()) {
-      allowed = caller->org == consent.recipient_org();
-    } else {
-      auto it = options_.recipient_categories.find(consent.recipient_category());
-      allowed = it != options_.recipient_categories.end() && Listed(it->second, caller->org);
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    const absl::Status not_found(absl::StatusCode::kNotFound,
+                                 absl::StrFormat("receipt \"%s\" not found", request->receipt_id()));
+    absl::StatusOr<std::optional<Receipt>> r = deps_.store->GetReceipt(request->receipt_id());
+    CITYOS_RETURN_IF_ERROR(r.status());
+    if (!r->has_value()) return not_found;
+    absl::StatusOr<std::optional<Consent>> c = deps_.store->GetConsent((*r)->consent_id());
+    CITYOS_RETURN_IF_ERROR(c.status());
+    if (!c->has_value()) return not_found;
+    const Consent& consent = **c;
+    bool allowed = caller.kind == PrincipalKind::kUser && caller.name == consent.data_subject();
+    if (!allowed && caller.kind == PrincipalKind::kService) {
+      if (consent.has_recipient_org()) {
+        allowed = caller.org == consent.recipient_org();
+      } else {
+        auto it = options_.recipient_categories.find(consent.recipient_category());
+        allowed = it != options_.recipient_categories.end() && Listed(it->second, caller.org);
+      }
     }
-  }
-  if (!allowed) return not_found;
-  *response->mutable_receipt() = **std::move(r);
-  return grpc::Status::OK;
+    if (!allowed) return not_found;
+    *response->mutable_receipt() = **std::move(r);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InfobankService::ExportPersonalData(
@@ -747,293 +752,293 @@ grpc::Status InfobankService::ExportPersonalData(
 grpc::Status InfobankService::DeletePersonalData(
     grpc::ServerContext* ctx, const consent::v1::DeletePersonalDataRequest* request,
     consent::v1::DeletePersonalDataResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<std::string> person = Person(*caller, request->data_subject());
-  RETURN_GRPC_IF_ERROR(person.status());
-  if (request->confirm() != *person) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrFormat("confirm must equal the person's id \"%s\"", *person));
-  }
-  if (deps_.personal == nullptr) {
-    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no personal data store configured");
-  }
-  absl::StatusOr<uint64_t> records = deps_.personal->Delete(*person);
-  RETURN_GRPC_IF_ERROR(records.status());
-  const absl::Time now = deps_.clock->Now();
-  uint32_t revoked = 0;
-  {
-    absl::MutexLock lock(&write_mu_);
-    absl::StatusOr<std::vector<Consent>> all = deps_.store->ListConsents(*person);
-    RETURN_GRPC_IF_ERROR(all.status());
-    for (Consent& c : *all) {
-      if (c.state() != consent::v1::CONSENT_STATE_ACTIVE) continue;
-      if (c.has_expire_time() && FromTs(c.expire_time()) <= now) continue;
-      absl::StatusOr<consent::v1::RevokeConsentResponse> r =
-          EndConsent(*caller, std::move(c), consent::v1::CONSENT_STATE_REVOKED,
-                     "personal data deleted", now);
-      RETURN_GRPC_IF_ERROR(r.status());
-      ++revoked;
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    CITYOS_RETURN_IF_ERROR(person.status());
+    if (request->confirm() != *person) {
+      return absl::Status(absl::StatusCode::kInvalidArgument,
+                          absl::StrFormat("confirm must equal the person's id \"%s\"", *person));
     }
-  }
-  const uint64_t before = deps_.audit->last_sequence();
-  Audit(*caller, "personal_data.delete", "personal_data/" + *person, *person, "",
-        absl::StrFormat("data key destroyed; %d records unreadable; %d consents revoked",
-                        *records, revoked));
-  absl::StatusOr<uint64_t> flushed = deps_.audit->Flush();
-  RETURN_GRPC_IF_ERROR(flushed.status());
-  AuditQuery q;
-  q.data_subject = *person;
-  q.action = "personal_data.delete";
-  q.after_sequence = before;
-  q.limit = 1;
-  absl::StatusOr<AuditPage> page = deps_.audit->Query(q);
-  RETURN_GRPC_IF_ERROR(page.status());
-  if (!page->entries.empty()) response->set_audit_sequence(page->entries.front().sequence());
-  *response->mutable_delete_time() = Ts(now);
-  response->set_records(*records);
-  response->set_consents_revoked(revoked);
-  return grpc::Status::OK;
+    if (deps_.personal == nullptr) {
+      return absl::Status(absl::StatusCode::kUnimplemented, "no personal data store configured");
+    }
+    absl::StatusOr<uint64_t> records = deps_.personal->Delete(*person);
+    CITYOS_RETURN_IF_ERROR(records.status());
+    const absl::Time now = deps_.clock->Now();
+    uint32_t revoked = 0;
+    {
+      absl::MutexLock lock(&write_mu_);
+      absl::StatusOr<std::vector<Consent>> all = deps_.store->ListConsents(*person);
+      CITYOS_RETURN_IF_ERROR(all.status());
+      for (Consent& c : *all) {
+        if (c.state() != consent::v1::CONSENT_STATE_ACTIVE) continue;
+        if (c.has_expire_time() && FromTs(c.expire_time()) <= now) continue;
+        absl::StatusOr<consent::v1::RevokeConsentResponse> r =
+            EndConsent(caller, std::move(c), consent::v1::CONSENT_STATE_REVOKED,
+                       "personal data deleted", now);
+        CITYOS_RETURN_IF_ERROR(r.status());
+        ++revoked;
+      }
+    }
+    const uint64_t before = deps_.audit->last_sequence();
+    Audit(caller, "personal_data.delete", "personal_data/" + *person, *person, "",
+          absl::StrFormat("data key destroyed; %d records unreadable; %d consents revoked",
+                          *records, revoked));
+    absl::StatusOr<uint64_t> flushed = deps_.audit->Flush();
+    CITYOS_RETURN_IF_ERROR(flushed.status());
+    AuditQuery q;
+    q.data_subject = *person;
+    q.action = "personal_data.delete";
+    q.after_sequence = before;
+    q.limit = 1;
+    absl::StatusOr<AuditPage> page = deps_.audit->Query(q);
+    CITYOS_RETURN_IF_ERROR(page.status());
+    if (!page->entries.empty()) response->set_audit_sequence(page->entries.front().sequence());
+    *response->mutable_delete_time() = Ts(now);
+    response->set_records(*records);
+    response->set_consents_revoked(revoked);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InfobankService::GetProvisionHistory(
     grpc::ServerContext* ctx, const consent::v1::GetProvisionHistoryRequest* request,
     consent::v1::GetProvisionHistoryResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<std::string> person = Person(*caller, request->data_subject());
-  RETURN_GRPC_IF_ERROR(person.status());
-  absl::StatusOr<consent::v1::GetProvisionHistoryResponse> r =
-      ProvisionHistory(*deps_.audit, *person, *request);
-  RETURN_GRPC_IF_ERROR(r.status());
-  *response = *std::move(r);
-  return grpc::Status::OK;
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    CITYOS_RETURN_IF_ERROR(person.status());
+    absl::StatusOr<consent::v1::GetProvisionHistoryResponse> r =
+        ProvisionHistory(*deps_.audit, *person, *request);
+    CITYOS_RETURN_IF_ERROR(r.status());
+    *response = *std::move(r);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InfobankService::GetBenefitBalance(grpc::ServerContext* ctx,
                                                 const consent::v1::GetBenefitBalanceRequest* request,
                                                 consent::v1::GetBenefitBalanceResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<std::string> person = Person(*caller, request->data_subject());
-  RETURN_GRPC_IF_ERROR(person.status());
-  if (deps_.benefits == nullptr) {
-    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no benefit ledger configured");
-  }
-  absl::StatusOr<consent::v1::GetBenefitBalanceResponse> r = deps_.benefits->Balance(*person);
-  RETURN_GRPC_IF_ERROR(r.status());
-  *response = *std::move(r);
-  return grpc::Status::OK;
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    CITYOS_RETURN_IF_ERROR(person.status());
+    if (deps_.benefits == nullptr) {
+      return absl::Status(absl::StatusCode::kUnimplemented, "no benefit ledger configured");
+    }
+    absl::StatusOr<consent::v1::GetBenefitBalanceResponse> r = deps_.benefits->Balance(*person);
+    CITYOS_RETURN_IF_ERROR(r.status());
+    *response = *std::move(r);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InfobankService::GetBenefitStatement(
     grpc::ServerContext* ctx, const consent::v1::GetBenefitStatementRequest* request,
     consent::v1::GetBenefitStatementResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<std::string> person = Person(*caller, request->data_subject());
-  RETURN_GRPC_IF_ERROR(person.status());
-  if (deps_.benefits == nullptr) {
-    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no benefit ledger configured");
-  }
-  absl::StatusOr<consent::v1::GetBenefitStatementResponse> r =
-      deps_.benefits->Statement(*request, *person);
-  RETURN_GRPC_IF_ERROR(r.status());
-  *response = *std::move(r);
-  return grpc::Status::OK;
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    CITYOS_RETURN_IF_ERROR(person.status());
+    if (deps_.benefits == nullptr) {
+      return absl::Status(absl::StatusCode::kUnimplemented, "no benefit ledger configured");
+    }
+    absl::StatusOr<consent::v1::GetBenefitStatementResponse> r =
+        deps_.benefits->Statement(*request, *person);
+    CITYOS_RETURN_IF_ERROR(r.status());
+    *response = *std::move(r);
+    return absl::OkStatus();
+  });
 }
 
 // --- ethics review ---
 
-grpc::Status InfobankService::ProposeRecipient(grpc::ServerContext* ctx,
-                                               const consent::v1::ProposeRecipientRequest* request,
-                                               consent::v1::ProposeRecipientResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  const consent::v1::RecipientProposal& rp = request->recipient();
-  auto bad = [](std::string m) { return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, m); };
-  if (rp.has_org()) {
-    if (!ValidOrg(rp.org())) return bad(absl::StrFormat("org \"%s\": 1-128 of [A-Za-z0-9._-]", rp.org()));
-  } else if (rp.has_category()) {
-    if (!ValidName(rp.category(), false)) {
-      return bad(absl::StrFormat("category \"%s\": 1-64 of [a-z0-9_]", rp.category()));
-    }
-  } else {
-    return bad("recipient: set org or category");
-  }
-  if (!rp.jurisdiction().empty() && !ValidCountry(rp.jurisdiction())) {
-    return bad(absl::StrFormat("jurisdiction \"%s\": not an ISO 3166-1 alpha-2 code",
-                               rp.jurisdiction()));
-  }
-  if (rp.display_name().size() > 256 || rp.description().size() > 4096 ||
-      rp.policy_url().size() > 2048 || rp.contact().size() > 256) {
-    return bad("display_name (256), description (4096), policy_url (2048) or contact (256) too long");
-  }
-  const bool own_org = caller->kind == PrincipalKind::kService && rp.has_org() &&
-                       rp.org() == caller->org;
-  if (!own_org && !caller->HasRole(kInfobankAdmin)) {
-    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        absl::StrFormat("%s may propose only its own org; proposing another org "
-                                        "or a category needs the %s role",
-                                        caller->SpiffeId(), kInfobankAdmin));
-  }
-  Proposal p;
-  p.set_kind(consent::v1::PROPOSAL_KIND_RECIPIENT);
-  *p.mutable_recipient() = rp;
+absl::StatusOr<Proposal> InfobankService::FileProposal(
+    const Principal& caller, Proposal p,
+    const std::function<absl::Status(const Proposal&)>& clash) {
   const std::string key = ProposalKey(p);
   absl::MutexLock lock(&ethics_mu_);
   absl::StatusOr<std::vector<Proposal>> all = deps_.store->Proposals();
-  RETURN_GRPC_IF_ERROR(all.status());
+  CITYOS_RETURN_IF_ERROR(all.status());
   for (const Proposal& o : *all) {
-    if (ProposalKey(o) == key && o.state() != consent::v1::PROPOSAL_STATE_REJECTED) {
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                          absl::StrFormat("%s is already %s (proposal %s)", key,
-                                          o.state() == consent::v1::PROPOSAL_STATE_APPROVED
-                                              ? "approved" : "pending",
-                                          o.proposal_id()));
-    }
+    if (ProposalKey(o) == key) CITYOS_RETURN_IF_ERROR(clash(o));
   }
   const absl::Time now = deps_.clock->Now();
   p.set_proposal_id(UuidToString(NewUuidV7At(now)));
   p.set_state(consent::v1::PROPOSAL_STATE_PENDING);
-  p.set_proposed_by(caller->SpiffeId());
+  p.set_proposed_by(caller.SpiffeId());
   *p.mutable_propose_time() = Ts(now);
-  RETURN_GRPC_IF_ERROR(deps_.store->PutProposal(p, key));
-  Audit(*caller, "ethics.propose", "proposal/" + p.proposal_id(), "", "", key);
-  *response->mutable_proposal() = std::move(p);
-  return grpc::Status::OK;
+  CITYOS_RETURN_IF_ERROR(deps_.store->PutProposal(p, key));
+  Audit(caller, "ethics.propose", "proposal/" + p.proposal_id(), "", "", key);
+  return p;
+}
+
+grpc::Status InfobankService::ProposeRecipient(grpc::ServerContext* ctx,
+                                               const consent::v1::ProposeRecipientRequest* request,
+                                               consent::v1::ProposeRecipientResponse* response) {
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    const consent::v1::RecipientProposal& rp = request->recipient();
+    auto bad = [](std::string m) { return absl::Status(absl::StatusCode::kInvalidArgument, m); };
+    if (rp.has_org()) {
+      if (!ValidOrg(rp.org())) return bad(absl::StrFormat("org \"%s\": 1-128 of [A-Za-z0-9._-]", rp.org()));
+    } else if (rp.has_category()) {
+      if (!ValidName(rp.category(), false)) {
+        return bad(absl::StrFormat("category \"%s\": 1-64 of [a-z0-9_]", rp.category()));
+      }
+    } else {
+      return bad("recipient: set org or category");
+    }
+    if (!rp.jurisdiction().empty() && !ValidCountry(rp.jurisdiction())) {
+      return bad(absl::StrFormat("jurisdiction \"%s\": not an ISO 3166-1 alpha-2 code",
+                                 rp.jurisdiction()));
+    }
+    if (rp.display_name().size() > 256 || rp.description().size() > 4096 ||
+        rp.policy_url().size() > 2048 || rp.contact().size() > 256) {
+      return bad("display_name (256), description (4096), policy_url (2048) or contact (256) too long");
+    }
+    const bool own_org = caller.kind == PrincipalKind::kService && rp.has_org() &&
+                         rp.org() == caller.org;
+    if (!own_org && !caller.HasRole(kInfobankAdmin)) {
+      return absl::Status(absl::StatusCode::kPermissionDenied,
+                          absl::StrFormat("%s may propose only its own org; proposing another org "
+                                          "or a category needs the %s role",
+                                          caller.SpiffeId(), kInfobankAdmin));
+    }
+    Proposal p;
+    p.set_kind(consent::v1::PROPOSAL_KIND_RECIPIENT);
+    *p.mutable_recipient() = rp;
+    CITYOS_ASSIGN_OR_RETURN(*response->mutable_proposal(),
+                            FileProposal(caller, std::move(p), [](const Proposal& o) {
+                              if (o.state() == consent::v1::PROPOSAL_STATE_REJECTED) {
+                                return absl::OkStatus();
+                              }
+                              return absl::AlreadyExistsError(absl::StrFormat(
+                                  "%s is already %s (proposal %s)", ProposalKey(o),
+                                  o.state() == consent::v1::PROPOSAL_STATE_APPROVED ? "approved"
+                                                                                    : "pending",
+                                  o.proposal_id()));
+                            }));
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InfobankService::ProposePurpose(grpc::ServerContext* ctx,
                                              const consent::v1::ProposePurposeRequest* request,
                                              consent::v1::ProposePurposeResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  const consent::v1::PurposeProposal& pp = request->purpose();
-  if (!ValidName(pp.name(), true)) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        absl::StrFormat("purpose name \"%s\": 1-64 of [a-z0-9_], starting with a "
-                                        "letter", pp.name()));
-  }
-  if (pp.description().size() > 4096 || pp.category().size() > 128) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "description (4096) or category (128) too long");
-  }
-  if (caller->kind != PrincipalKind::kService && !caller->HasRole(kInfobankAdmin)) {
-    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        absl::StrFormat("%s: only service principals and the %s role may propose "
-                                        "purposes", caller->SpiffeId(), kInfobankAdmin));
-  }
-  if (deps_.pdp->IsKnownPurpose(pp.name())) {
-    return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                        absl::StrFormat("purpose \"%s\" is already approved", pp.name()));
-  }
-  Proposal p;
-  p.set_kind(consent::v1::PROPOSAL_KIND_PURPOSE);
-  *p.mutable_purpose() = pp;
-  const std::string key = ProposalKey(p);
-  absl::MutexLock lock(&ethics_mu_);
-  absl::StatusOr<std::vector<Proposal>> all = deps_.store->Proposals();
-  RETURN_GRPC_IF_ERROR(all.status());
-  for (const Proposal& o : *all) {
-    if (ProposalKey(o) == key && o.state() == consent::v1::PROPOSAL_STATE_PENDING) {
-      return grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                          absl::StrFormat("purpose \"%s\" is already pending (proposal %s)",
-                                          pp.name(), o.proposal_id()));
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    const consent::v1::PurposeProposal& pp = request->purpose();
+    if (!ValidName(pp.name(), true)) {
+      return absl::Status(absl::StatusCode::kInvalidArgument,
+                          absl::StrFormat("purpose name \"%s\": 1-64 of [a-z0-9_], starting with a "
+                                          "letter", pp.name()));
     }
-  }
-  const absl::Time now = deps_.clock->Now();
-  p.set_proposal_id(UuidToString(NewUuidV7At(now)));
-  p.set_state(consent::v1::PROPOSAL_STATE_PENDING);
-  p.set_proposed_by(caller->SpiffeId());
-  *p.mutable_propose_time() = Ts(now);
-  RETURN_GRPC_IF_ERROR(deps_.store->PutProposal(p, key));
-  Audit(*caller, "ethics.propose", "proposal/" + p.proposal_id(), "", "", key);
-  *response->mutable_proposal() = std::move(p);
-  return grpc::Status::OK;
+    if (pp.description().size() > 4096 || pp.category().size() > 128) {
+      return absl::Status(absl::StatusCode::kInvalidArgument,
+                          "description (4096) or category (128) too long");
+    }
+    if (caller.kind != PrincipalKind::kService && !caller.HasRole(kInfobankAdmin)) {
+      return absl::Status(absl::StatusCode::kPermissionDenied,
+                          absl::StrFormat("%s: only service principals and the %s role may propose "
+                                          "purposes", caller.SpiffeId(), kInfobankAdmin));
+    }
+    if (deps_.pdp->IsKnownPurpose(pp.name())) {
+      return absl::Status(absl::StatusCode::kAlreadyExists,
+                          absl::StrFormat("purpose \"%s\" is already approved", pp.name()));
+    }
+    Proposal p;
+    p.set_kind(consent::v1::PROPOSAL_KIND_PURPOSE);
+    *p.mutable_purpose() = pp;
+    CITYOS_ASSIGN_OR_RETURN(*response->mutable_proposal(),
+                            FileProposal(caller, std::move(p), [&](const Proposal& o) {
+                              if (o.state() != consent::v1::PROPOSAL_STATE_PENDING) {
+                                return absl::OkStatus();
+                              }
+                              return absl::AlreadyExistsError(
+                                  absl::StrFormat("purpose \"%s\" is already pending (proposal %s)",
+                                                  pp.name(), o.proposal_id()));
+                            }));
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InfobankService::ReviewProposal(grpc::ServerContext* ctx,
                                              const consent::v1::ReviewProposalRequest* request,
                                              consent::v1::ReviewProposalResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  if (!caller->HasRole(kEthicsBoard)) {
-    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        absl::StrFormat("%s: reviewing proposals needs the %s role",
-                                        caller->SpiffeId(), kEthicsBoard));
-  }
-  if (request->reason().empty() || request->reason().size() > 4096) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                        "reason: required, at most 4096 characters");
-  }
-  absl::MutexLock lock(&ethics_mu_);
-  absl::StatusOr<std::optional<Proposal>> found = deps_.store->GetProposal(request->proposal_id());
-  RETURN_GRPC_IF_ERROR(found.status());
-  if (!found->has_value()) {
-    return grpc::Status(grpc::StatusCode::NOT_FOUND,
-                        absl::StrFormat("proposal \"%s\" not found", request->proposal_id()));
-  }
-  Proposal p = **found;
-  if (p.proposed_by() == caller->SpiffeId()) {
-    return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                        "a reviewer may not review their own proposal");
-  }
-  if (p.state() != consent::v1::PROPOSAL_STATE_PENDING) {
-    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                        absl::StrFormat("proposal \"%s\" is not pending", p.proposal_id()));
-  }
-  if (request->approve() && p.has_purpose() && !deps_.pdp->IsKnownPurpose(p.purpose().name())) {
-    RETURN_GRPC_IF_ERROR(deps_.pdp->RegisterPurpose(
-        *caller, {.name = p.purpose().name(),
-                  .description = p.purpose().description(),
-                  .profiling = p.purpose().profiling()}));
-  }
-  const absl::Time now = deps_.clock->Now();
-  p.set_state(request->approve() ? consent::v1::PROPOSAL_STATE_APPROVED
-                                 : consent::v1::PROPOSAL_STATE_REJECTED);
-  p.set_reviewed_by(caller->SpiffeId());
-  *p.mutable_review_time() = Ts(now);
-  p.set_review_reason(request->reason());
-  RETURN_GRPC_IF_ERROR(deps_.store->PutProposal(p, ProposalKey(p)));
-  if (request->approve() && p.has_recipient()) {
-    if (p.recipient().has_category()) {
-      approved_categories_.insert(p.recipient().category());
-    } else {
-      approved_orgs_.insert(p.recipient().org());
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    if (!caller.HasRole(kEthicsBoard)) {
+      return absl::Status(absl::StatusCode::kPermissionDenied,
+                          absl::StrFormat("%s: reviewing proposals needs the %s role",
+                                          caller.SpiffeId(), kEthicsBoard));
     }
-  }
-  Audit(*caller, "ethics.review", "proposal/" + p.proposal_id(), "", "",
-        absl::StrFormat("%s %s: %s", request->approve() ? "approved" : "rejected",
-                        ProposalKey(p), request->reason()));
-  *response->mutable_proposal() = std::move(p);
-  return grpc::Status::OK;
+    if (request->reason().empty() || request->reason().size() > 4096) {
+      return absl::Status(absl::StatusCode::kInvalidArgument,
+                          "reason: required, at most 4096 characters");
+    }
+    absl::MutexLock lock(&ethics_mu_);
+    absl::StatusOr<std::optional<Proposal>> found = deps_.store->GetProposal(request->proposal_id());
+    CITYOS_RETURN_IF_ERROR(found.status());
+    if (!found->has_value()) {
+      return absl::Status(absl::StatusCode::kNotFound,
+                          absl::StrFormat("proposal \"%s\" not found", request->proposal_id()));
+    }
+    Proposal p = **found;
+    if (p.proposed_by() == caller.SpiffeId()) {
+      return absl::Status(absl::StatusCode::kPermissionDenied,
+                          "a reviewer may not review their own proposal");
+    }
+    if (p.state() != consent::v1::PROPOSAL_STATE_PENDING) {
+      return absl::Status(absl::StatusCode::kFailedPrecondition,
+                          absl::StrFormat("proposal \"%s\" is not pending", p.proposal_id()));
+    }
+    if (request->approve() && p.has_purpose() && !deps_.pdp->IsKnownPurpose(p.purpose().name())) {
+      CITYOS_RETURN_IF_ERROR(deps_.pdp->RegisterPurpose(
+          caller, {.name = p.purpose().name(),
+                    .description = p.purpose().description(),
+                    .profiling = p.purpose().profiling()}));
+    }
+    const absl::Time now = deps_.clock->Now();
+    p.set_state(request->approve() ? consent::v1::PROPOSAL_STATE_APPROVED
+                                   : consent::v1::PROPOSAL_STATE_REJECTED);
+    p.set_reviewed_by(caller.SpiffeId());
+    *p.mutable_review_time() = Ts(now);
+    p.set_review_reason(request->reason());
+    CITYOS_RETURN_IF_ERROR(deps_.store->PutProposal(p, ProposalKey(p)));
+    if (request->approve() && p.has_recipient()) {
+      if (p.recipient().has_category()) {
+        approved_categories_.insert(p.recipient().category());
+      } else {
+        approved_orgs_.insert(p.recipient().org());
+      }
+    }
+    Audit(caller, "ethics.review", "proposal/" + p.proposal_id(), "", "",
+          absl::StrFormat("%s %s: %s", request->approve() ? "approved" : "rejected",
+                          ProposalKey(p), request->reason()));
+    *response->mutable_proposal() = std::move(p);
+    return absl::OkStatus();
+  });
 }
 
 grpc::Status InfobankService::ListProposals(grpc::ServerContext* ctx,
                                             const consent::v1::ListProposalsRequest* request,
                                             consent::v1::ListProposalsResponse* response) {
-  absl::StatusOr<Principal> caller = deps_.resolver(ctx);
-  if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<size_t> size = PageSize(request->page_size());
-  RETURN_GRPC_IF_ERROR(size.status());
-  absl::StatusOr<size_t> offset = PageOffset(request->page_token());
-  RETURN_GRPC_IF_ERROR(offset.status());
-  absl::StatusOr<std::vector<Proposal>> all = deps_.store->Proposals();
-  RETURN_GRPC_IF_ERROR(all.status());
-  std::vector<Proposal> shown;
-  for (Proposal& p : *all) {
-    if (request->kind() != consent::v1::PROPOSAL_KIND_UNSPECIFIED && p.kind() != request->kind()) {
-      continue;
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<size_t> size = PageSize(request->page_size());
+    CITYOS_RETURN_IF_ERROR(size.status());
+    absl::StatusOr<size_t> offset = PageOffset(request->page_token());
+    CITYOS_RETURN_IF_ERROR(offset.status());
+    absl::StatusOr<std::vector<Proposal>> all = deps_.store->Proposals();
+    CITYOS_RETURN_IF_ERROR(all.status());
+    std::vector<Proposal> shown;
+    for (Proposal& p : *all) {
+      if (request->kind() != consent::v1::PROPOSAL_KIND_UNSPECIFIED && p.kind() != request->kind()) {
+        continue;
+      }
+      if (request->state() != consent::v1::PROPOSAL_STATE_UNSPECIFIED &&
+          p.state() != request->state()) {
+        continue;
+      }
+      shown.push_back(std::move(p));
     }
-    if (request->state() != consent::v1::PROPOSAL_STATE_UNSPECIFIED &&
-        p.state() != request->state()) {
-      continue;
-    }
-    shown.push_back(std::move(p));
-  }
-  Page(shown, *offset, *size, response->mutable_proposals(), response->mutable_next_page_token());
-  return grpc::Status::OK;
+    Page(shown, *offset, *size, response->mutable_proposals(), response->mutable_next_page_token());
+    return absl::OkStatus();
+  });
 }
 
 }  // namespace cityos::infobank

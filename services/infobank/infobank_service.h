@@ -132,6 +132,11 @@ class InfobankService final : public consent::v1::ConsentService::Service {
   void Audit(const Principal& who, const std::string& action, const std::string& resource,
              const std::string& data_subject, const std::string& consent_id,
              const std::string& reason);
+  // Files `p` (kind and subject set) as a pending proposal by `caller`, unless
+  // `clash` fails for a stored proposal with the same key. Takes ethics_mu_.
+  absl::StatusOr<consent::v1::Proposal> FileProposal(
+      const Principal& caller, consent::v1::Proposal p,
+      const std::function<absl::Status(const consent::v1::Proposal&)>& clash);
   std::vector<consent::v1::ConsentEvent> RangeFilter(std::vector<consent::v1::ConsentEvent> events,
                                                      const common::v1::TimeRange& range) const;
   void SweepLoop();

@@ -26,6 +26,7 @@
 #include "absl/time/time.h"
 #include "cityos/id.h"
 #include "cityos/status.h"
+#include "sqlite_util.h"
 
 namespace cityos::infobank {
 namespace {
@@ -218,35 +219,6 @@ absl::StatusOr<SecretKey> LoadOrCreateMasterKey(const std::string& dir, const st
   return key;
 }
 
-class Stmt {
- public:
-  Stmt(sqlite3* db, const char* sql) { rc_ = sqlite3_prepare_v2(db, sql, -1, &s_, nullptr); }
-  ~Stmt() { sqlite3_finalize(s_); }
-  Stmt(const Stmt&) = delete;
-  Stmt& operator=(const Stmt&) = delete;
-  bool ok() const { return rc_ == SQLITE_OK; }
-  sqlite3_stmt* get() { return s_; }
-  void Text(int i, std::string_view v) {
-    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-  }
-  void Blob(int i, std::string_view v) {
-    sqlite3_bind_blob(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
-  }
-  void Int(int i, int64_t v) { sqlite3_bind_int64(s_, i, v); }
-  int Step() { return sqlite3_step(s_); }
-  std::string ColBlob(int i) {
-    const void* p = sqlite3_column_blob(s_, i);
-    return p ? std::string(static_cast<const char*>(p),
-                           static_cast<size_t>(sqlite3_column_bytes(s_, i)))
-             : std::string();
-  }
-  int64_t ColInt(int i) { return sqlite3_column_int64(s_, i); }
-
- private:
-  sqlite3_stmt* s_ = nullptr;
-  int rc_;
-};
-
 class SqlitePersonalStore final : public PersonalStore {
  public:
   SqlitePersonalStore(sqlite3* db, SecretKey master, Clock* clock, std::string db_path)
@@ -321,9 +293,9 @@ class SqlitePersonalStore final : public PersonalStore {
   // Returns the deletion time when the person has a tombstone.
   absl::StatusOr<std::optional<int64_t>> TombstoneTime(std::string_view subject)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    Stmt s(db_, "SELECT deleted_ns FROM tombstones WHERE data_subject = ?");
+    SqliteStmt s(db_, "SELECT deleted_ns FROM tombstones WHERE data_subject = ?");
     if (!s.ok()) return SqlError("prepare tombstone lookup");
-    s.Text(1, subject);
+    s.Bind(1, subject);
     int rc = s.Step();
     if (rc == SQLITE_ROW) return std::optional<int64_t>(s.ColInt(0));
     if (rc != SQLITE_DONE) return SqlError("tombstone lookup");
@@ -338,9 +310,9 @@ class SqlitePersonalStore final : public PersonalStore {
   // The person's data key, unwrapped; nullopt when none exists yet.
   absl::StatusOr<std::optional<SecretKey>> LoadDataKey(std::string_view subject)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    Stmt s(db_, "SELECT wrapped FROM data_keys WHERE data_subject = ?");
+    SqliteStmt s(db_, "SELECT wrapped FROM data_keys WHERE data_subject = ?");
     if (!s.ok()) return SqlError("prepare key lookup");
-    s.Text(1, subject);
+    s.Bind(1, subject);
     int rc = s.Step();
     if (rc == SQLITE_DONE) return std::optional<SecretKey>();
     if (rc != SQLITE_ROW) return SqlError("key lookup");
@@ -372,24 +344,24 @@ class SqlitePersonalStore final : public PersonalStore {
           Seal(master_,
                std::string_view(reinterpret_cast<const char*>(fresh.data()), fresh.size()),
                KeyAad(subject)));
-      Stmt s(db_, "INSERT INTO data_keys(data_subject, wrapped, created_ns) VALUES (?, ?, ?)");
+      SqliteStmt s(db_, "INSERT INTO data_keys(data_subject, wrapped, created_ns) VALUES (?, ?, ?)");
       if (!s.ok()) return SqlError("prepare key insert");
-      s.Text(1, subject);
-      s.Blob(2, wrapped);
-      s.Int(3, absl::ToUnixNanos(clock_->Now()));
+      s.Bind(1, subject);
+      s.BindBlob(2, wrapped);
+      s.Bind(3, absl::ToUnixNanos(clock_->Now()));
       if (s.Step() != SQLITE_DONE) return SqlError("key insert");
       key.emplace(std::move(fresh));
     }
     const std::string record_id = UuidToString(NewUuidV7At(clock_->Now()));
     CITYOS_ASSIGN_OR_RETURN(std::string sealed,
                             Seal(*key, plain, RecordAad(subject, record_id)));
-    Stmt s(db_,
+    SqliteStmt s(db_,
            "INSERT INTO records(record_id, data_subject, sealed, stored_ns) VALUES (?, ?, ?, ?)");
     if (!s.ok()) return SqlError("prepare record insert");
-    s.Text(1, record_id);
-    s.Text(2, subject);
-    s.Blob(3, sealed);
-    s.Int(4, absl::ToUnixNanos(clock_->Now()));
+    s.Bind(1, record_id);
+    s.Bind(2, subject);
+    s.BindBlob(3, sealed);
+    s.Bind(4, absl::ToUnixNanos(clock_->Now()));
     if (s.Step() != SQLITE_DONE) return SqlError("record insert");
     return absl::OkStatus();
   }
@@ -406,9 +378,9 @@ class SqlitePersonalStore final : public PersonalStore {
     }
     std::vector<event::v1::Event> out;
     CITYOS_ASSIGN_OR_RETURN(std::optional<SecretKey> key, LoadDataKey(subject));
-    Stmt s(db_, "SELECT record_id, sealed FROM records WHERE data_subject = ? ORDER BY seq");
+    SqliteStmt s(db_, "SELECT record_id, sealed FROM records WHERE data_subject = ? ORDER BY seq");
     if (!s.ok()) return SqlError("prepare export");
-    s.Text(1, subject);
+    s.Bind(1, subject);
     int rc;
     while ((rc = s.Step()) == SQLITE_ROW) {
       const char* id_text = reinterpret_cast<const char*>(sqlite3_column_text(s.get(), 0));
@@ -442,9 +414,9 @@ class SqlitePersonalStore final : public PersonalStore {
     if (deleted) return uint64_t{0};
     uint64_t records = 0;
     {
-      Stmt s(db_, "DELETE FROM records WHERE data_subject = ?");
+      SqliteStmt s(db_, "DELETE FROM records WHERE data_subject = ?");
       if (!s.ok()) return SqlError("prepare record delete");
-      s.Text(1, subject);
+      s.Bind(1, subject);
       if (s.Step() != SQLITE_DONE) return SqlError("record delete");
       records = static_cast<uint64_t>(sqlite3_changes(db_));
     }
@@ -452,16 +424,16 @@ class SqlitePersonalStore final : public PersonalStore {
       // The shredding proper: with the wrapped key gone (and secure_delete
       // zeroing the freed pages) no key able to open the ciphertexts remains,
       // so copies of them (backups, old file copies) are unreadable too.
-      Stmt s(db_, "DELETE FROM data_keys WHERE data_subject = ?");
+      SqliteStmt s(db_, "DELETE FROM data_keys WHERE data_subject = ?");
       if (!s.ok()) return SqlError("prepare key delete");
-      s.Text(1, subject);
+      s.Bind(1, subject);
       if (s.Step() != SQLITE_DONE) return SqlError("key delete");
     }
-    Stmt s(db_, "INSERT INTO tombstones(data_subject, deleted_ns, records) VALUES (?, ?, ?)");
+    SqliteStmt s(db_, "INSERT INTO tombstones(data_subject, deleted_ns, records) VALUES (?, ?, ?)");
     if (!s.ok()) return SqlError("prepare tombstone insert");
-    s.Text(1, subject);
-    s.Int(2, absl::ToUnixNanos(clock_->Now()));
-    s.Int(3, static_cast<int64_t>(records));
+    s.Bind(1, subject);
+    s.Bind(2, absl::ToUnixNanos(clock_->Now()));
+    s.Bind(3, static_cast<int64_t>(records));
     if (s.Step() != SQLITE_DONE) return SqlError("tombstone insert");
     return records;
   }

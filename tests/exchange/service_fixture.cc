@@ -2,9 +2,12 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <filesystem>
 
 #include "builtin_plugins.h"
+#include "absl/strings/str_format.h"
 #include "cityos/ca.h"
 #include "cityos/config.h"
 #include "cityos/entity.h"
@@ -45,6 +48,16 @@ Hooks& TheHooks() {
   return *hooks;
 }
 
+Hooks& FillHooks(PluginContext& context) {
+  Hooks& h = TheHooks();
+  h.bus = context.bus();
+  h.pdp = context.policy();
+  h.audit = context.audit();
+  h.node_name = context.node().name;
+  h.trust_domain = context.node().trust_domain.empty() ? "local" : context.node().trust_domain;
+  return h;
+}
+
 namespace {
 
 // The test-only plug-in: exposes the node's handles and answers consent.
@@ -53,13 +66,7 @@ class TestHooksPlugin final : public ServicePlugin {
   std::string_view name() const override { return "testhooks"; }
   absl::Status Configure(const ConfigNode&) override { return absl::OkStatus(); }
   absl::Status Start(PluginContext& context) override {
-    Hooks& h = TheHooks();
-    h.bus = context.bus();
-    h.pdp = context.policy();
-    h.audit = context.audit();
-    h.node_name = context.node().name;
-    h.trust_domain =
-        context.node().trust_domain.empty() ? "local" : context.node().trust_domain;
+    Hooks& h = FillHooks(context);
     pdp_ = context.policy();
     pdp_->SetConsentChecker(&h.consent);
     return absl::OkStatus();
@@ -233,6 +240,18 @@ void ExchangeNodeTest::WaitForEntity(const std::string& type, const std::string&
   }
   FAIL() << "entity " << type << "/" << id << " v" << version
          << " never arrived: " << last.error_message();
+}
+
+void ReportCutLatency(std::vector<double> ms, const char* what) {
+  ASSERT_FALSE(ms.empty());
+  std::sort(ms.begin(), ms.end());
+  const double p50 = ms[ms.size() / 2];
+  const double p99 = ms[std::min(ms.size() - 1, static_cast<size_t>(ms.size() * 0.99))];
+  std::printf("%s: p50 %.2f ms, p99 %.2f ms, max %.2f ms (%d iterations)\n", what, p50, p99,
+              ms.back(), static_cast<int>(ms.size()));
+  ::testing::Test::RecordProperty("cut_p50_ms", absl::StrFormat("%.2f", p50));
+  ::testing::Test::RecordProperty("cut_p99_ms", absl::StrFormat("%.2f", p99));
+  EXPECT_LT(p99, 100.0);
 }
 
 }  // namespace cityos::exchange_test

@@ -65,6 +65,11 @@ struct Client {
   std::unique_ptr<bus::v1::BusService::Stub> bus;
 };
 
+// Prints "<what>: p50 …, p99 …, max … (N iterations)" for the revocation ->
+// stream-cut latencies `ms`, records cut_p50_ms / cut_p99_ms and expects a
+// p99 under 100 ms.
+void ReportCutLatency(std::vector<double> ms, const char* what);
+
 // A deadline for unary calls.
 void Deadline(grpc::ClientContext* ctx, absl::Duration d = absl::Seconds(20));
 
@@ -122,6 +127,8 @@ class ExchangeNodeTest : public ::testing::Test {
 
 // The global hooks of the running node (the test plug-in fills it).
 Hooks& TheHooks();
+// Fills TheHooks() with the node's handles from a `testhooks` plug-in's start.
+Hooks& FillHooks(PluginContext& context);
 
 }  // namespace cityos::exchange_test
 
