@@ -14,6 +14,7 @@ namespace {
 
 using consent::v1::Consent;
 using consent::v1::ConsentEvent;
+using consent::v1::Delegation;
 using consent::v1::Proposal;
 using consent::v1::Receipt;
 
@@ -49,6 +50,14 @@ CREATE TABLE IF NOT EXISTS proposals(
   key TEXT NOT NULL,
   propose_us INTEGER NOT NULL,
   proto BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS delegations(
+  delegation_id TEXT PRIMARY KEY,
+  data_subject TEXT NOT NULL,
+  app TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  grant_us INTEGER NOT NULL,
+  proto BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS delegations_subject ON delegations(data_subject, app, grant_us);
 )sql";
 
 // Statements whose errors read "consent store: ...".
@@ -275,6 +284,46 @@ absl::StatusOr<std::vector<Proposal>> ConsentStore::Proposals() {
   return All<Proposal>(
       db_, "SELECT proto FROM proposals ORDER BY propose_us DESC, proposal_id DESC",
       [](Stmt&) {}, "proposal");
+}
+
+absl::Status ConsentStore::PutDelegation(const Delegation& d) {
+  absl::MutexLock lock(&mu_);
+  Stmt s(db_,
+         "INSERT OR REPLACE INTO delegations(delegation_id, data_subject, app, state, grant_us, "
+         "proto) VALUES(?,?,?,?,?,?)");
+  if (!s.status().ok()) return s.status();
+  s.Bind(1, d.delegation_id())
+      .Bind(2, d.data_subject())
+      .Bind(3, d.app())
+      .Bind(4, static_cast<int64_t>(d.state()))
+      .Bind(5, Micros(d.grant_time()))
+      .BindBlob(6, d.SerializeAsString());
+  return s.Run();
+}
+
+absl::StatusOr<std::optional<Delegation>> ConsentStore::GetDelegation(
+    std::string_view delegation_id) {
+  absl::MutexLock lock(&mu_);
+  return One<Delegation>(
+      db_, "SELECT proto FROM delegations WHERE delegation_id=?",
+      [&](Stmt& s) { s.Bind(1, delegation_id); }, "delegation");
+}
+
+absl::StatusOr<std::vector<Delegation>> ConsentStore::Delegations(std::string_view data_subject,
+                                                                  std::string_view app) {
+  absl::MutexLock lock(&mu_);
+  if (app.empty()) {
+    return All<Delegation>(
+        db_,
+        "SELECT proto FROM delegations WHERE data_subject=? "
+        "ORDER BY grant_us DESC, delegation_id DESC",
+        [&](Stmt& s) { s.Bind(1, data_subject); }, "delegation");
+  }
+  return All<Delegation>(
+      db_,
+      "SELECT proto FROM delegations WHERE data_subject=? AND app=? "
+      "ORDER BY grant_us DESC, delegation_id DESC",
+      [&](Stmt& s) { s.Bind(1, data_subject).Bind(2, app); }, "delegation");
 }
 
 }  // namespace cityos::infobank

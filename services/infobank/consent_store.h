@@ -1,5 +1,5 @@
 // The information bank's durable state: consents, their history, receipts,
-// ethics-review proposals and grant idempotency keys, in one SQLite file
+// ethics-review proposals, grant idempotency keys and delegations to apps, in one SQLite file
 // (<plug-in data dir>/consents.db). Records are kept as serialized protos
 // with the columns needed to find them; every write is one transaction, so a
 // crash never leaves a consent without its history entry.
@@ -60,6 +60,14 @@ class ConsentStore {
   absl::StatusOr<std::optional<consent::v1::Proposal>> GetProposal(std::string_view proposal_id);
   // Every proposal, newest first.
   absl::StatusOr<std::vector<consent::v1::Proposal>> Proposals();
+
+  // Inserts or replaces a delegation (by id).
+  absl::Status PutDelegation(const consent::v1::Delegation& delegation);
+  absl::StatusOr<std::optional<consent::v1::Delegation>> GetDelegation(
+      std::string_view delegation_id);
+  // A person's delegations, newest grant first; `app` empty = to any app.
+  absl::StatusOr<std::vector<consent::v1::Delegation>> Delegations(std::string_view data_subject,
+                                                                   std::string_view app);
 
  private:
   explicit ConsentStore(sqlite3* db) : db_(db) {}

@@ -285,18 +285,53 @@ void InfobankService::ExpireDue() {
 }
 
 absl::StatusOr<std::string> InfobankService::Person(const Principal& caller,
-                                                    const std::string& requested) const {
-  if (caller.kind != PrincipalKind::kUser) {
-    // Apps acting for a person need a delegation from that person; the bank
-    // has no delegations yet, so only the person themself may act.
-    return absl::PermissionDeniedError(absl::StrCat(
-        caller.SpiffeId(), " is not a person: only the person (a user principal) may act on "
-                           "their consents and data"));
+                                                    const std::string& requested,
+                                                    std::string_view scope) const {
+  if (caller.kind == PrincipalKind::kUser) {
+    if (requested.empty() || requested == caller.name) return caller.name;
+    return absl::PermissionDeniedError(absl::StrFormat(
+        "%s may not act for data subject %s: a person acts only for themself", caller.SpiffeId(),
+        requested));
   }
-  if (requested.empty() || requested == caller.name) return caller.name;
-  return absl::PermissionDeniedError(absl::StrFormat(
-      "%s may not act for data subject %s: a person acts only for themself", caller.SpiffeId(),
-      requested));
+  const std::string app = caller.SpiffeId();
+  if (scope.empty()) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        app, " is not a person: only the person (a user principal) may do this, "
+             "a delegation does not cover it"));
+  }
+  if (requested.empty()) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        app, " is not a person: an app must name the person in data_subject and hold a "
+             "delegation from them"));
+  }
+  absl::StatusOr<std::vector<consent::v1::Delegation>> all =
+      deps_.store->Delegations(requested, app);
+  if (!all.ok()) return all.status();
+  const absl::Time now = deps_.clock->Now();
+  // Why not, from the newest delegation to this app.
+  std::string why;
+  for (const consent::v1::Delegation& d : *all) {
+    if (d.state() == consent::v1::DELEGATION_STATE_REVOKED) {
+      if (why.empty()) why = absl::StrFormat("delegation %s was revoked", d.delegation_id());
+      continue;
+    }
+    if (d.state() != consent::v1::DELEGATION_STATE_ACTIVE ||
+        (d.has_expire_time() && FromTs(d.expire_time()) <= now)) {
+      if (why.empty()) why = absl::StrFormat("delegation %s expired", d.delegation_id());
+      continue;
+    }
+    if (std::find(d.scopes().begin(), d.scopes().end(), scope) == d.scopes().end()) {
+      if (why.empty()) {
+        why = absl::StrFormat("delegation %s does not cover scope \"%s\" (it covers: %s)",
+                              d.delegation_id(), A(scope), absl::StrJoin(d.scopes(), ", "));
+      }
+      continue;
+    }
+    return requested;
+  }
+  if (why.empty()) why = "no delegation from that person";
+  return absl::PermissionDeniedError(
+      absl::StrFormat("%s may not act for data subject %s: %s", app, requested, why));
 }
 
 absl::Status InfobankService::ValidateGrant(const consent::v1::GrantConsentRequest& r,
@@ -400,7 +435,7 @@ absl::Status InfobankService::ValidateGrant(const consent::v1::GrantConsentReque
 
 absl::StatusOr<consent::v1::GrantConsentResponse> InfobankService::Grant(
     const Principal& caller, const consent::v1::GrantConsentRequest& request) {
-  absl::StatusOr<std::string> person = Person(caller, request.data_subject());
+  absl::StatusOr<std::string> person = Person(caller, request.data_subject(), kScopeConsents);
   if (!person.ok()) return person.status();
   absl::MutexLock lock(&write_mu_);
   consent::v1::GrantConsentResponse response;
@@ -542,10 +577,13 @@ absl::StatusOr<consent::v1::RevokeConsentResponse> InfobankService::Revoke(
   if (request.reason().size() > 1024) {
     return absl::InvalidArgumentError("reason: at most 1024 characters");
   }
-  absl::StatusOr<std::string> person = Person(caller, "");
   absl::MutexLock lock(&write_mu_);
   absl::StatusOr<std::optional<Consent>> found = deps_.store->GetConsent(request.consent_id());
   if (!found.ok()) return found.status();
+  // The person, or an app with a delegation from them covering consents.
+  absl::StatusOr<std::string> person =
+      found->has_value() ? Person(caller, (*found)->data_subject(), kScopeConsents)
+                         : absl::StatusOr<std::string>(absl::NotFoundError("unknown"));
   // Another person's consent is indistinguishable from an unknown one.
   if (!person.ok() || !found->has_value() || (*found)->data_subject() != *person) {
     return absl::NotFoundError(absl::StrFormat("consent \"%s\" not found", request.consent_id()));
@@ -593,7 +631,7 @@ grpc::Status InfobankService::ListConsents(grpc::ServerContext* ctx,
                                            const consent::v1::ListConsentsRequest* request,
                                            consent::v1::ListConsentsResponse* response) {
   return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
-    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject(), kScopeConsents);
     CITYOS_RETURN_IF_ERROR(person.status());
     absl::StatusOr<size_t> size = PageSize(request->page_size());
     CITYOS_RETURN_IF_ERROR(size.status());
@@ -634,7 +672,7 @@ grpc::Status InfobankService::GetConsentHistory(
     grpc::ServerContext* ctx, const consent::v1::GetConsentHistoryRequest* request,
     consent::v1::GetConsentHistoryResponse* response) {
   return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
-    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject(), kScopeConsents);
     CITYOS_RETURN_IF_ERROR(person.status());
     absl::StatusOr<size_t> size = PageSize(request->page_size());
     CITYOS_RETURN_IF_ERROR(size.status());
@@ -671,6 +709,10 @@ grpc::Status InfobankService::GetReceipt(grpc::ServerContext* ctx,
         allowed = it != options_.recipient_categories.end() && Listed(it->second, caller.org);
       }
     }
+    // An app acting for the person under a delegation covering consents.
+    if (!allowed && caller.kind == PrincipalKind::kService) {
+      allowed = Person(caller, consent.data_subject(), kScopeConsents).ok();
+    }
     if (!allowed) return not_found;
     *response->mutable_receipt() = **std::move(r);
     return absl::OkStatus();
@@ -682,7 +724,7 @@ grpc::Status InfobankService::ExportPersonalData(
     grpc::ServerWriter<consent::v1::ExportPersonalDataResponse>* writer) {
   absl::StatusOr<Principal> caller = deps_.resolver(ctx);
   if (!caller.ok()) return ToGrpcStatus(caller.status());
-  absl::StatusOr<std::string> person = Person(*caller, request->data_subject());
+  absl::StatusOr<std::string> person = Person(*caller, request->data_subject(), kScopeData);
   RETURN_GRPC_IF_ERROR(person.status());
   if (deps_.personal == nullptr) {
     return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no personal data store configured");
@@ -753,7 +795,7 @@ grpc::Status InfobankService::DeletePersonalData(
     grpc::ServerContext* ctx, const consent::v1::DeletePersonalDataRequest* request,
     consent::v1::DeletePersonalDataResponse* response) {
   return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
-    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject(), kPersonOnly);
     CITYOS_RETURN_IF_ERROR(person.status());
     if (request->confirm() != *person) {
       return absl::Status(absl::StatusCode::kInvalidArgument,
@@ -805,7 +847,7 @@ grpc::Status InfobankService::GetProvisionHistory(
     grpc::ServerContext* ctx, const consent::v1::GetProvisionHistoryRequest* request,
     consent::v1::GetProvisionHistoryResponse* response) {
   return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
-    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject(), kScopeData);
     CITYOS_RETURN_IF_ERROR(person.status());
     absl::StatusOr<consent::v1::GetProvisionHistoryResponse> r =
         ProvisionHistory(*deps_.audit, *person, *request);
@@ -819,7 +861,7 @@ grpc::Status InfobankService::GetBenefitBalance(grpc::ServerContext* ctx,
                                                 const consent::v1::GetBenefitBalanceRequest* request,
                                                 consent::v1::GetBenefitBalanceResponse* response) {
   return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
-    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject(), kScopeData);
     CITYOS_RETURN_IF_ERROR(person.status());
     if (deps_.benefits == nullptr) {
       return absl::Status(absl::StatusCode::kUnimplemented, "no benefit ledger configured");
@@ -835,7 +877,7 @@ grpc::Status InfobankService::GetBenefitStatement(
     grpc::ServerContext* ctx, const consent::v1::GetBenefitStatementRequest* request,
     consent::v1::GetBenefitStatementResponse* response) {
   return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
-    absl::StatusOr<std::string> person = Person(caller, request->data_subject());
+    absl::StatusOr<std::string> person = Person(caller, request->data_subject(), kScopeData);
     CITYOS_RETURN_IF_ERROR(person.status());
     if (deps_.benefits == nullptr) {
       return absl::Status(absl::StatusCode::kUnimplemented, "no benefit ledger configured");
@@ -1037,6 +1079,141 @@ grpc::Status InfobankService::ListProposals(grpc::ServerContext* ctx,
       shown.push_back(std::move(p));
     }
     Page(shown, *offset, *size, response->mutable_proposals(), response->mutable_next_page_token());
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace cityos::infobank
+
+namespace cityos::infobank {
+
+namespace {
+
+// The delegation as it is now: ACTIVE past its expiry reads EXPIRED.
+consent::v1::Delegation AsOf(consent::v1::Delegation d, absl::Time now) {
+  if (d.state() == consent::v1::DELEGATION_STATE_ACTIVE && d.has_expire_time() &&
+      FromTs(d.expire_time()) <= now) {
+    d.set_state(consent::v1::DELEGATION_STATE_EXPIRED);
+  }
+  return d;
+}
+
+}  // namespace
+
+grpc::Status InfobankService::GrantDelegation(grpc::ServerContext* ctx,
+                                              const consent::v1::GrantDelegationRequest* request,
+                                              consent::v1::GrantDelegationResponse* response) {
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<std::string> person = Person(caller, "", kPersonOnly);
+    CITYOS_RETURN_IF_ERROR(person.status());
+    absl::StatusOr<Principal> app = Principal::FromSpiffeId(request->app());
+    if (!app.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("app \"", request->app(), "\": ", app.status().message()));
+    }
+    if (app->kind != PrincipalKind::kService) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "app \"%s\": not a service principal (spiffe://<trust-domain>/org/<org>/svc/<name>)",
+          request->app()));
+    }
+    if (app->trust_domain != deps_.bank.trust_domain) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("app \"%s\": trust domain %s is not the bank's (%s)", request->app(),
+                          app->trust_domain, deps_.bank.trust_domain));
+    }
+    if (request->scopes().empty()) {
+      return absl::InvalidArgumentError("no scope: at least one of consents, data needed");
+    }
+    std::vector<std::string> scopes;
+    for (const std::string& sc : request->scopes()) {
+      if (sc != kScopeConsents && sc != kScopeData) {
+        return absl::InvalidArgumentError(
+            absl::StrFormat("unknown scope \"%s\": known are consents, data", sc));
+      }
+      if (!Listed(scopes, sc)) scopes.push_back(sc);
+    }
+    const absl::Time now = deps_.clock->Now();
+    if (request->has_expire_time()) {
+      absl::StatusOr<absl::Time> t = TimestampFromProto(request->expire_time(), "expire_time");
+      if (!t.ok()) return absl::InvalidArgumentError(t.status().message());
+      if (*t <= now) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "expire_time ", absl::FormatTime(*t, absl::UTCTimeZone()), " is in the past"));
+      }
+    }
+    consent::v1::Delegation d;
+    d.set_delegation_id(UuidToString(NewUuidV7At(now)));
+    d.set_data_subject(*person);
+    d.set_app(app->SpiffeId());
+    for (std::string& sc : scopes) d.add_scopes(std::move(sc));
+    if (request->has_expire_time()) *d.mutable_expire_time() = request->expire_time();
+    d.set_state(consent::v1::DELEGATION_STATE_ACTIVE);
+    *d.mutable_grant_time() = Ts(now);
+    {
+      absl::MutexLock lock(&write_mu_);
+      CITYOS_RETURN_IF_ERROR(deps_.store->PutDelegation(d));
+    }
+    Audit(caller, "delegation.grant", "delegation/" + d.delegation_id(), d.data_subject(), "",
+          absl::StrFormat("delegated to %s for %s%s", d.app(), absl::StrJoin(d.scopes(), ","),
+                          d.has_expire_time()
+                              ? " until " + absl::FormatTime(absl::RFC3339_full,
+                                                             FromTs(d.expire_time()),
+                                                             absl::UTCTimeZone())
+                              : std::string()));
+    *response->mutable_delegation() = std::move(d);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status InfobankService::RevokeDelegation(grpc::ServerContext* ctx,
+                                               const consent::v1::RevokeDelegationRequest* request,
+                                               consent::v1::RevokeDelegationResponse* response) {
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<std::string> person = Person(caller, "", kPersonOnly);
+    CITYOS_RETURN_IF_ERROR(person.status());
+    absl::MutexLock lock(&write_mu_);
+    absl::StatusOr<std::optional<consent::v1::Delegation>> found =
+        deps_.store->GetDelegation(request->delegation_id());
+    CITYOS_RETURN_IF_ERROR(found.status());
+    // Another person's delegation is indistinguishable from an unknown one.
+    if (!found->has_value() || (*found)->data_subject() != *person) {
+      return absl::NotFoundError(
+          absl::StrFormat("delegation \"%s\" not found", request->delegation_id()));
+    }
+    const absl::Time now = deps_.clock->Now();
+    consent::v1::Delegation d = AsOf(**std::move(found), now);
+    if (d.state() == consent::v1::DELEGATION_STATE_EXPIRED) {
+      return absl::FailedPreconditionError(
+          absl::StrFormat("delegation \"%s\" already expired", d.delegation_id()));
+    }
+    if (d.state() == consent::v1::DELEGATION_STATE_ACTIVE) {
+      d.set_state(consent::v1::DELEGATION_STATE_REVOKED);
+      *d.mutable_revoke_time() = Ts(now);
+      CITYOS_RETURN_IF_ERROR(deps_.store->PutDelegation(d));
+      Audit(caller, "delegation.revoke", "delegation/" + d.delegation_id(), d.data_subject(), "",
+            "revoked delegation to " + d.app());
+    }
+    *response->mutable_delegation() = std::move(d);
+    return absl::OkStatus();
+  });
+}
+
+grpc::Status InfobankService::ListDelegations(grpc::ServerContext* ctx,
+                                              const consent::v1::ListDelegationsRequest* request,
+                                              consent::v1::ListDelegationsResponse* response) {
+  return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
+    absl::StatusOr<std::string> person = Person(caller, "", kPersonOnly);
+    CITYOS_RETURN_IF_ERROR(person.status());
+    absl::StatusOr<std::vector<consent::v1::Delegation>> all =
+        deps_.store->Delegations(*person, "");
+    CITYOS_RETURN_IF_ERROR(all.status());
+    const absl::Time now = deps_.clock->Now();
+    for (consent::v1::Delegation& d : *all) {
+      d = AsOf(std::move(d), now);
+      if (d.state() == consent::v1::DELEGATION_STATE_ACTIVE || request->include_inactive()) {
+        *response->add_delegations() = std::move(d);
+      }
+    }
     return absl::OkStatus();
   });
 }

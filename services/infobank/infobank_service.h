@@ -5,7 +5,8 @@
 // subscriptions at once. Ethics review (proposals of recipients and
 // purposes, reviewed by the `data-ethics-board` role) is kept here too: an
 // approved purpose is registered in the PDP, an approved recipient becomes
-// selectable in GrantConsent.
+// selectable in GrantConsent. A person may delegate to an app (a service
+// principal) the right to act for them within scopes (GrantDelegation).
 #ifndef CITYOS_SERVICES_INFOBANK_INFOBANK_SERVICE_H_
 #define CITYOS_SERVICES_INFOBANK_INFOBANK_SERVICE_H_
 
@@ -13,6 +14,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -64,6 +66,12 @@ struct InfobankOptions {
   absl::Duration sweep_max_wait = absl::Milliseconds(200);
 };
 
+// Delegation scopes (consent.proto, Delegation).
+inline constexpr std::string_view kScopeConsents = "consents";
+inline constexpr std::string_view kScopeData = "data";
+// Person(): no app may act, whatever it was delegated.
+inline constexpr std::string_view kPersonOnly = "";
+
 class InfobankService final : public consent::v1::ConsentService::Service {
  public:
   InfobankService(InfobankDeps deps, InfobankOptions options);
@@ -112,6 +120,12 @@ class InfobankService final : public consent::v1::ConsentService::Service {
   grpc::Status GetBenefitStatement(grpc::ServerContext*,
                                    const consent::v1::GetBenefitStatementRequest*,
                                    consent::v1::GetBenefitStatementResponse*) override;
+  grpc::Status GrantDelegation(grpc::ServerContext*, const consent::v1::GrantDelegationRequest*,
+                               consent::v1::GrantDelegationResponse*) override;
+  grpc::Status RevokeDelegation(grpc::ServerContext*, const consent::v1::RevokeDelegationRequest*,
+                                consent::v1::RevokeDelegationResponse*) override;
+  grpc::Status ListDelegations(grpc::ServerContext*, const consent::v1::ListDelegationsRequest*,
+                               consent::v1::ListDelegationsResponse*) override;
 
   // The core of the RPCs, for in-process callers and tests: `caller` acts.
   absl::StatusOr<consent::v1::GrantConsentResponse> Grant(
@@ -121,8 +135,13 @@ class InfobankService final : public consent::v1::ConsentService::Service {
 
  private:
   // The person a request is about: `requested`, or the caller when empty.
-  // PERMISSION_DENIED unless the caller is that person (a user principal).
-  absl::StatusOr<std::string> Person(const Principal& caller, const std::string& requested) const;
+  // A user principal may act only for themself. A service principal (an
+  // app) must name the person and holds an ACTIVE, unexpired delegation
+  // from them whose scopes include `scope` (kScopeConsents, kScopeData);
+  // `scope` empty (kPersonOnly) means only the person may act. Otherwise
+  // PERMISSION_DENIED naming why.
+  absl::StatusOr<std::string> Person(const Principal& caller, const std::string& requested,
+                                     std::string_view scope) const;
   absl::Status ValidateGrant(const consent::v1::GrantConsentRequest& request, absl::Time now);
   // Marks `consent` (ACTIVE) revoked or expired, with receipt for revoke.
   absl::StatusOr<consent::v1::RevokeConsentResponse> EndConsent(

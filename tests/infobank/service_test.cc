@@ -3,7 +3,7 @@
 // bank opens exactly the consented access, a revocation closes it at once
 // and cuts live subscriptions (latency measured), expiry, ethics review
 // gating recipients and purposes, explicit sensitive / profiling consent,
-// and request validation.
+// request validation, and apps acting for a person under a delegation.
 #include <grpcpp/grpcpp.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -766,6 +766,207 @@ TEST_F(InfobankNodeTest, ConsentsSurviveANodeRestart) {
   ASSERT_NO_FATAL_FAILURE(WaitForEntity(kCareAlert, "r-1"));
   EXPECT_EQ(Read(*center_, "r-1", "elderly_care"), grpc::StatusCode::OK);
   EXPECT_NE(Read(*center_, "r-1", "research"), grpc::StatusCode::OK);
+}
+
+grpc::Status Delegate(cv1::ConsentService::Stub& bank, const std::string& app,
+                      std::vector<std::string> scopes, cv1::GrantDelegationResponse* resp,
+                      absl::Duration ttl = absl::ZeroDuration()) {
+  cv1::GrantDelegationRequest req;
+  req.set_app(app);
+  for (const std::string& s : scopes) req.add_scopes(s);
+  if (ttl != absl::ZeroDuration()) TimestampToProto(absl::Now() + ttl, req.mutable_expire_time());
+  grpc::ClientContext ctx;
+  Deadline(&ctx);
+  return bank.GrantDelegation(&ctx, req, resp);
+}
+
+grpc::Status ExportFor(cv1::ConsentService::Stub& bank, const std::string& person) {
+  grpc::ClientContext ctx;
+  Deadline(&ctx);
+  cv1::ExportPersonalDataRequest req;
+  req.set_data_subject(person);
+  auto reader = bank.ExportPersonalData(&ctx, req);
+  cv1::ExportPersonalDataResponse chunk;
+  while (reader->Read(&chunk)) {
+  }
+  return reader->Finish();
+}
+
+TEST_F(InfobankNodeTest, AnAppActsForAPersonOnlyUnderTheirDelegation) {
+  ASSERT_NO_FATAL_FAILURE(ApproveOrg(*center_, "care-center"));
+  Client& alice = Person("alice");
+  Person("bob");
+  Client& app = NewClient("carebook", "app");
+  ASSERT_NO_FATAL_FAILURE(Publish({Alert("alice", "d-1")}));
+  ASSERT_NO_FATAL_FAILURE(WaitForEntity(kCareAlert, "d-1"));
+  cv1::GrantConsentRequest req = CareConsent();
+  req.set_data_subject("alice");
+  cv1::GrantConsentResponse g;
+
+  // No delegation: the app may not act for alice.
+  grpc::Status s = Grant(app, req, &g);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("no delegation"));
+  // An app must name the person.
+  cv1::GrantConsentRequest unnamed = CareConsent();
+  EXPECT_EQ(Grant(app, unnamed, &g).error_code(), grpc::StatusCode::PERMISSION_DENIED);
+
+  // Alice delegates consents to the app.
+  auto bank = Bank(alice);
+  cv1::GrantDelegationResponse d;
+  s = Delegate(*bank, app.spiffe_id, {"consents"}, &d);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(d.delegation().state(), cv1::DELEGATION_STATE_ACTIVE);
+  EXPECT_EQ(d.delegation().data_subject(), "alice");
+  EXPECT_EQ(d.delegation().app(), app.spiffe_id);
+
+  // The app grants a consent for alice; the exchange then allows the recipient.
+  EXPECT_NE(Read(*center_, "d-1", "elderly_care"), grpc::StatusCode::OK);
+  s = Grant(app, req, &g);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(g.consent().data_subject(), "alice");
+  EXPECT_EQ(Read(*center_, "d-1", "elderly_care"), grpc::StatusCode::OK);
+  {
+    cv1::ListConsentsRequest lreq;
+    lreq.set_data_subject("alice");
+    cv1::ListConsentsResponse lresp;
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    ASSERT_TRUE(Bank(app)->ListConsents(&ctx, lreq, &lresp).ok());
+    EXPECT_EQ(lresp.consents_size(), 1);
+  }
+  // Only "consents": no export, no deletion, no delegation of its own.
+  s = ExportFor(*Bank(app), "alice");
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("scope"));
+  {
+    cv1::DeletePersonalDataRequest dreq;
+    dreq.set_data_subject("alice");
+    dreq.set_confirm("alice");
+    cv1::DeletePersonalDataResponse dresp;
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    EXPECT_EQ(Bank(app)->DeletePersonalData(&ctx, dreq, &dresp).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED);
+  }
+  cv1::GrantDelegationResponse ignored;
+  EXPECT_EQ(Delegate(*Bank(app), app.spiffe_id, {"data"}, &ignored).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  // Naming another person.
+  req.set_data_subject("bob");
+  s = Grant(app, req, &g);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("bob"));
+  req.set_data_subject("alice");
+
+  // With "data" too the app may export.
+  cv1::GrantDelegationResponse data;
+  ASSERT_TRUE(Delegate(*bank, app.spiffe_id, {"data"}, &data).ok());
+  s = ExportFor(*Bank(app), "alice");
+  EXPECT_TRUE(s.ok()) << s.error_message();
+
+  // Revoked: denied at once.
+  for (const auto* del : {&d, &data}) {
+    cv1::RevokeDelegationRequest rreq;
+    rreq.set_delegation_id(del->delegation().delegation_id());
+    cv1::RevokeDelegationResponse rresp;
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    s = bank->RevokeDelegation(&ctx, rreq, &rresp);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(rresp.delegation().state(), cv1::DELEGATION_STATE_REVOKED);
+  }
+  s = Grant(app, req, &g);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("revoked"));
+  // Bob cannot revoke alice's delegation: indistinguishable from unknown.
+  {
+    cv1::RevokeDelegationRequest rreq;
+    rreq.set_delegation_id(d.delegation().delegation_id());
+    cv1::RevokeDelegationResponse rresp;
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    EXPECT_EQ(Bank(Person("bob"))->RevokeDelegation(&ctx, rreq, &rresp).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
+
+  // Expired: denied.
+  cv1::GrantDelegationResponse brief;
+  ASSERT_TRUE(Delegate(*bank, app.spiffe_id, {"consents"}, &brief, absl::Seconds(1)).ok());
+  ASSERT_TRUE(Grant(app, req, &g).ok());
+  absl::SleepFor(*TimestampFromProto(brief.delegation().expire_time(), "t") - absl::Now() +
+                 absl::Milliseconds(50));
+  s = Grant(app, req, &g);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(s.error_message(), HasSubstr("expired"));
+
+  // Alice sees all three, newest first, with their states as of now.
+  {
+    cv1::ListDelegationsRequest lreq;
+    cv1::ListDelegationsResponse lresp;
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    ASSERT_TRUE(bank->ListDelegations(&ctx, lreq, &lresp).ok());
+    EXPECT_EQ(lresp.delegations_size(), 0);
+    lreq.set_include_inactive(true);
+    grpc::ClientContext ctx2;
+    Deadline(&ctx2);
+    ASSERT_TRUE(bank->ListDelegations(&ctx2, lreq, &lresp).ok());
+    ASSERT_EQ(lresp.delegations_size(), 3);
+    EXPECT_EQ(lresp.delegations(0).state(), cv1::DELEGATION_STATE_EXPIRED);
+    EXPECT_EQ(lresp.delegations(1).state(), cv1::DELEGATION_STATE_REVOKED);
+  }
+
+  // Both kinds of delegation change are audited.
+  ASSERT_TRUE(TheHooks().audit->Flush().ok());
+  for (const char* action : {"delegation.grant", "delegation.revoke"}) {
+    AuditQuery q;
+    q.data_subject = "alice";
+    q.action = action;
+    auto page = TheHooks().audit->Query(q);
+    ASSERT_TRUE(page.ok()) << page.status();
+    EXPECT_FALSE(page->entries.empty()) << action;
+  }
+}
+
+TEST_F(InfobankNodeTest, BadDelegationsAreRefused) {
+  Client& alice = Person("alice");
+  auto bank = Bank(alice);
+  Client& app = NewClient("carebook", "app");
+  cv1::GrantDelegationResponse d;
+  auto code = [&](const std::string& who, std::vector<std::string> scopes,
+                  absl::Duration ttl = absl::ZeroDuration()) {
+    return Delegate(*bank, who, std::move(scopes), &d, ttl).error_code();
+  };
+  EXPECT_EQ(code("", {"consents"}), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(code("not-a-spiffe-id", {"consents"}), grpc::StatusCode::INVALID_ARGUMENT);
+  // A user principal is not an app.
+  EXPECT_EQ(code("spiffe://local/org/residents/user/bob", {"consents"}),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  // Another trust domain.
+  EXPECT_EQ(code("spiffe://elsewhere.example/org/carebook/svc/app", {"consents"}),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(code(app.spiffe_id, {}), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(code(app.spiffe_id, {"consents", "delete"}), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(code(app.spiffe_id, {"consents"}, -absl::Seconds(10)),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  // Only a person may delegate, list or revoke delegations.
+  EXPECT_EQ(Delegate(*Bank(*center_), app.spiffe_id, {"consents"}, &d).error_code(),
+            grpc::StatusCode::PERMISSION_DENIED);
+  cv1::RevokeDelegationRequest rreq;
+  rreq.set_delegation_id("nope");
+  cv1::RevokeDelegationResponse rresp;
+  grpc::ClientContext ctx;
+  Deadline(&ctx);
+  EXPECT_EQ(bank->RevokeDelegation(&ctx, rreq, &rresp).error_code(), grpc::StatusCode::NOT_FOUND);
+  // Nothing was granted by any of it.
+  cv1::ListDelegationsRequest lreq;
+  lreq.set_include_inactive(true);
+  cv1::ListDelegationsResponse lresp;
+  grpc::ClientContext lctx;
+  Deadline(&lctx);
+  ASSERT_TRUE(bank->ListDelegations(&lctx, lreq, &lresp).ok());
+  EXPECT_EQ(lresp.delegations_size(), 0);
 }
 
 }  // namespace
