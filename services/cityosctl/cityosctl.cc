@@ -345,15 +345,48 @@ void CertRevoke(const Globals& g, const std::string& ca_dir,
   }
 }
 
+// One gRPC service of the node in the current context, e.g.
+// RpcClient<bus::v1::BusService>.
+template <typename Service>
+class RpcClient {
+ public:
+  using Stub = typename Service::Stub;
+
+  // Resolves the context now; connects on first use, so that the commands
+  // check their flags before a bad client certificate is reported.
+  explicit RpcClient(const Globals& g) : ctx_(CurrentContext(g)) {}
+  explicit RpcClient(ClientContext ctx) : ctx_(std::move(ctx)) {}
+
+  // One unary call, e.g. Call(&Stub::ListPolicies, req), with the --timeout
+  // deadline; a failed call ends the command.
+  template <typename Request, typename Response>
+  Response Call(grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&, Response*),
+                const Request& req) {
+    grpc::ClientContext call;
+    SetDeadline(&call);
+    Response resp;
+    Check(ctx_.endpoint, (stub()->*rpc)(&call, req, &resp));
+    return resp;
+  }
+
+  const std::string& endpoint() const { return ctx_.endpoint; }
+  Stub* stub() {
+    if (stub_ == nullptr) stub_ = Service::NewStub(NodeChannel(ctx_));
+    return stub_.get();
+  }
+
+ private:
+  ClientContext ctx_;
+  std::unique_ptr<Stub> stub_;
+};
+using ExchangeClient = RpcClient<exchange::v1::ExchangeService>;
+using ExchangeStub = ExchangeClient::Stub;
+
 // ---- services
 // ------------------------------------------------------------------
 registry::v1::ListResponse ListInstances(const ClientContext& ctx) {
-  auto stub = registry::v1::RegistryService::NewStub(NodeChannel(ctx));
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  registry::v1::ListResponse resp;
-  Check(ctx.endpoint, stub->List(&call, registry::v1::ListRequest(), &resp));
-  return resp;
+  RpcClient<registry::v1::RegistryService> registry(ctx);
+  return registry.Call(&registry::v1::RegistryService::Stub::List, registry::v1::ListRequest());
 }
 
 void ServicesList(const Globals& g, std::ostream& out) {
@@ -470,13 +503,9 @@ const char* DurabilityName(bus::v1::Durability d) {
 }
 
 void StreamsList(const Globals& g, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
-  auto stub = bus::v1::BusService::NewStub(NodeChannel(ctx));
-  grpc::ClientContext call;
-  SetDeadline(&call);
-  bus::v1::ListStreamsResponse resp;
-  Check(ctx.endpoint,
-        stub->ListStreams(&call, bus::v1::ListStreamsRequest(), &resp));
+  RpcClient<bus::v1::BusService> bus(g);
+  bus::v1::ListStreamsResponse resp =
+      bus.Call(&bus::v1::BusService::Stub::ListStreams, bus::v1::ListStreamsRequest());
   if (g.json) {
     PrintJson(out, ToJson(resp));
     return;
@@ -498,24 +527,14 @@ void StreamsList(const Globals& g, std::ostream& out) {
 }
 
 void StreamsInfo(const Globals& g, const std::string& name, std::ostream& out) {
-  ClientContext ctx = CurrentContext(g);
-  auto stub = bus::v1::BusService::NewStub(NodeChannel(ctx));
-  bus::v1::GetStreamResponse stream;
-  {
-    grpc::ClientContext call;
-    SetDeadline(&call);
-    bus::v1::GetStreamRequest req;
-    req.set_name(name);
-    Check(ctx.endpoint, stub->GetStream(&call, req, &stream));
-  }
-  bus::v1::ListConsumersResponse consumers;
-  {
-    grpc::ClientContext call;
-    SetDeadline(&call);
-    bus::v1::ListConsumersRequest req;
-    req.set_stream(name);
-    Check(ctx.endpoint, stub->ListConsumers(&call, req, &consumers));
-  }
+  RpcClient<bus::v1::BusService> bus(g);
+  bus::v1::GetStreamRequest get;
+  get.set_name(name);
+  bus::v1::GetStreamResponse stream = bus.Call(&bus::v1::BusService::Stub::GetStream, get);
+  bus::v1::ListConsumersRequest list;
+  list.set_stream(name);
+  bus::v1::ListConsumersResponse consumers =
+      bus.Call(&bus::v1::BusService::Stub::ListConsumers, list);
   if (g.json) {
     json j = ToJson(stream.stream());
     j["consumer_list"] = ToJson(consumers)["consumers"];
@@ -609,38 +628,6 @@ int TopicsTail(const Globals& g, const std::string& pattern, int64_t count,
 }
 
 // ---- exchange: policies, explain, emergencies, audit, data ----------------
-// The node's ExchangeService in the current context.
-class ExchangeClient {
- public:
-  using Stub = exchange::v1::ExchangeService::Stub;
-
-  // Resolves the context now; connects on first use, so that the commands
-  // check their flags before a bad client certificate is reported.
-  explicit ExchangeClient(const Globals& g) : ctx_(CurrentContext(g)) {}
-
-  // One unary call, e.g. Call(&Stub::ListPolicies, req), with the --timeout
-  // deadline; a failed call ends the command.
-  template <typename Request, typename Response>
-  Response Call(grpc::Status (Stub::*rpc)(grpc::ClientContext*, const Request&, Response*),
-                const Request& req) {
-    grpc::ClientContext call;
-    SetDeadline(&call);
-    Response resp;
-    Check(ctx_.endpoint, (stub()->*rpc)(&call, req, &resp));
-    return resp;
-  }
-
-  const std::string& endpoint() const { return ctx_.endpoint; }
-  Stub* stub() {
-    if (stub_ == nullptr) stub_ = exchange::v1::ExchangeService::NewStub(NodeChannel(ctx_));
-    return stub_.get();
-  }
-
- private:
-  ClientContext ctx_;
-  std::unique_ptr<Stub> stub_;
-};
-using ExchangeStub = ExchangeClient::Stub;
 
 std::string ReadFileOrFail(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

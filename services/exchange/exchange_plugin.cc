@@ -140,7 +140,7 @@ class ExchangePlugin final : public ServicePlugin {
   // reads the bus and publishes announcements as the node).
   static Principal NodePrincipal(PluginContext& context) {
     const NodeInfo& info = context.node();
-    return Principal::Node(info.trust_domain.empty() ? "local" : info.trust_domain, info.name);
+    return Principal::Node(info.trust_domain, info.name);
   }
 
   const CallerResolver resolver_;

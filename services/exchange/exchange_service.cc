@@ -233,6 +233,25 @@ std::optional<Entity> ExchangeServiceImpl::Obligated(
 
 // ---- reads -----------------------------------------------------------------
 
+// PERMISSION_DENIED, audited, when no rule could allow `may` (decided before
+// any data is read, so the answer says nothing about what exists).
+grpc::Status ExchangeServiceImpl::DenyUnlessMayAllow(const AccessRequest& may,
+                                                     const std::string& who_id,
+                                                     const std::string& resource,
+                                                     std::string_view data_subject) {
+  if (deps_->pdp->MayAllow(may)) return grpc::Status::OK;
+  const bool history = may.action == Action::kHistory;
+  Decision denied;
+  denied.reason = history ? "no rule can allow reading the history of this type for this purpose"
+                          : "no rule can allow reading this type for this purpose";
+  denied.severity = SEVERITY_NOTICE;
+  deps_->auditor->Record(who_id, ActionName(may.action), resource, may.purpose, data_subject,
+                         denied);
+  return Denied(absl::StrFormat(history ? "no rule allows %s the history of %s for purpose %s"
+                                        : "no rule allows %s to read %s for purpose %s",
+                                who_id, may.resource.type, may.purpose));
+}
+
 grpc::Status ExchangeServiceImpl::Query(grpc::ServerContext* context, const QueryRequest* request,
                                         QueryResponse* response) {
   absl::StatusOr<Principal> who = Caller(context);
@@ -255,14 +274,9 @@ grpc::Status ExchangeServiceImpl::Query(grpc::ServerContext* context, const Quer
   may.resource.type = filter.type();
   may.resource.owner = filter.owner();
   may.resource.data_subject = filter.data_subject();
-  if (!deps_->pdp->MayAllow(may)) {
-    Decision denied;
-    denied.reason = "no rule can allow reading this type for this purpose";
-    denied.severity = SEVERITY_NOTICE;
-    deps_->auditor->Record(who_id, "read", filter.type(), request->purpose(),
-                           filter.data_subject(), denied);
-    return Denied(absl::StrFormat("no rule allows %s to read %s for purpose %s", who_id,
-                                  filter.type(), request->purpose()));
+  if (grpc::Status denied = DenyUnlessMayAllow(may, who_id, filter.type(), filter.data_subject());
+      !denied.ok()) {
+    return denied;
   }
   const bool filter_has_attributes = filter.attributes_size() > 0;
   // Decisions of the entities the store found visible, and (only when an
@@ -341,14 +355,10 @@ grpc::Status ExchangeServiceImpl::GetEntity(grpc::ServerContext* context,
   AccessRequest may{.principal = &*who, .action = Action::kRead, .purpose = request->purpose()};
   may.resource.type = request->type();
   may.resource.entity_id = request->id();
-  if (!deps_->pdp->MayAllow(may)) {
-    Decision denied;
-    denied.reason = "no rule can allow reading this type for this purpose";
-    denied.severity = SEVERITY_NOTICE;
-    deps_->auditor->Record(who_id, "read", EntityKey(request->type(), request->id()),
-                           request->purpose(), "", denied);
-    return Denied(absl::StrFormat("no rule allows %s to read %s for purpose %s", who_id,
-                                  request->type(), request->purpose()));
+  if (grpc::Status denied =
+          DenyUnlessMayAllow(may, who_id, EntityKey(request->type(), request->id()), "");
+      !denied.ok()) {
+    return denied;
   }
   absl::StatusOr<Entity> stored = deps_->store->Get(request->type(), request->id());
   if (!stored.ok()) {
@@ -386,14 +396,10 @@ grpc::Status ExchangeServiceImpl::QueryHistory(grpc::ServerContext* context,
   AccessRequest may{.principal = &*who, .action = Action::kHistory, .purpose = request->purpose()};
   may.resource.type = request->type();
   may.resource.entity_id = request->id();
-  if (!deps_->pdp->MayAllow(may)) {
-    Decision denied;
-    denied.reason = "no rule can allow reading the history of this type for this purpose";
-    denied.severity = SEVERITY_NOTICE;
-    deps_->auditor->Record(who_id, "history", EntityKey(request->type(), request->id()),
-                           request->purpose(), "", denied);
-    return Denied(absl::StrFormat("no rule allows %s the history of %s for purpose %s", who_id,
-                                  request->type(), request->purpose()));
+  if (grpc::Status denied =
+          DenyUnlessMayAllow(may, who_id, EntityKey(request->type(), request->id()), "");
+      !denied.ok()) {
+    return denied;
   }
   // Whether the entity exists for this caller: its latest state decides, so
   // that a denied entity looks exactly like a missing one.
@@ -484,14 +490,9 @@ grpc::Status ExchangeServiceImpl::Aggregate(grpc::ServerContext* context,
   may.resource.type = filter.type();
   may.resource.owner = filter.owner();
   may.resource.data_subject = filter.data_subject();
-  if (!deps_->pdp->MayAllow(may)) {
-    Decision denied;
-    denied.reason = "no rule can allow reading this type for this purpose";
-    denied.severity = SEVERITY_NOTICE;
-    deps_->auditor->Record(who_id, "read", filter.type(), request->purpose(),
-                           filter.data_subject(), denied);
-    return Denied(absl::StrFormat("no rule allows %s to read %s for purpose %s", who_id,
-                                  filter.type(), request->purpose()));
+  if (grpc::Status denied = DenyUnlessMayAllow(may, who_id, filter.type(), filter.data_subject());
+      !denied.ok()) {
+    return denied;
   }
 
   // Every entity the caller may read, obligations applied (aggregate-only

@@ -99,6 +99,8 @@ class ExchangeServiceImpl final : public exchange::v1::ExchangeService::Service 
   // Decides `action` on one entity for the caller, audits it, and on allow
   // returns the caller's copy (obligations applied, listed in
   // `obligations`); nullopt when it is denied or aggregate-only.
+  grpc::Status DenyUnlessMayAllow(const AccessRequest& may, const std::string& who_id,
+                                  const std::string& resource, std::string_view data_subject);
   std::optional<exchange::v1::Entity> Obligated(const Principal& who, const std::string& who_id,
                                                 Action action, std::string_view purpose,
                                                 const exchange::v1::Entity& entity,

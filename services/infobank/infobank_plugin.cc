@@ -99,7 +99,7 @@ class InfobankPlugin final : public ServicePlugin {
     CITYOS_ASSIGN_OR_RETURN(benefits_,
                             BenefitLedger::Open(dir + "/benefits.db", rules_, context.clock()));
     const NodeInfo& info = context.node();
-    node_ = Principal::Node(info.trust_domain.empty() ? "local" : info.trust_domain, info.name);
+    node_ = Principal::Node(info.trust_domain, info.name);
     InfobankDeps deps{.store = store_.get(),
                       .index = &index_,
                       .pdp = context.policy(),

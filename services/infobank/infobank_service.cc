@@ -205,6 +205,13 @@ InfobankService::InfobankService(InfobankDeps deps, InfobankOptions options)
 InfobankService::~InfobankService() { Stop(); }
 
 absl::Status InfobankService::Start() {
+  if (deps_.store == nullptr || deps_.index == nullptr || deps_.pdp == nullptr ||
+      deps_.audit == nullptr || deps_.clock == nullptr || deps_.signer == nullptr ||
+      deps_.personal == nullptr || deps_.benefits == nullptr || !deps_.resolver) {
+    return absl::FailedPreconditionError(
+        "information bank: store, index, pdp, audit, clock, signer, personal data store, "
+        "benefit ledger and resolver are all required");
+  }
   absl::StatusOr<std::vector<Proposal>> proposals = deps_.store->Proposals();
   if (!proposals.ok()) return proposals.status();
   {
@@ -479,21 +486,17 @@ absl::StatusOr<consent::v1::GrantConsentResponse> InfobankService::Grant(
                                                               : request.collection_method());
   c.set_language(request.language());
 
-  Receipt receipt;
-  if (deps_.signer != nullptr) {
-    absl::StatusOr<Receipt> r = deps_.signer->Issue(c, consent::v1::RECEIPT_EVENT_GRANT, now);
-    if (!r.ok()) return Annotate(r.status(), "issuing the grant receipt");
-    receipt = *std::move(r);
-    c.add_receipt_ids(receipt.receipt_id());
-  }
+  absl::StatusOr<Receipt> issued = deps_.signer->Issue(c, consent::v1::RECEIPT_EVENT_GRANT, now);
+  if (!issued.ok()) return Annotate(issued.status(), "issuing the grant receipt");
+  Receipt receipt = *std::move(issued);
+  c.add_receipt_ids(receipt.receipt_id());
   ConsentEvent event;
   event.set_kind(consent::v1::CONSENT_EVENT_KIND_GRANTED);
   *event.mutable_time() = Ts(now);
   event.set_actor(caller.SpiffeId());
   *event.mutable_consent() = c;
   event.set_receipt_id(receipt.receipt_id());
-  if (absl::Status s = deps_.store->Write(c, event, deps_.signer ? &receipt : nullptr,
-                                          request.request_id());
+  if (absl::Status s = deps_.store->Write(c, event, &receipt, request.request_id());
       !s.ok()) {
     return s;
   }
@@ -502,7 +505,7 @@ absl::StatusOr<consent::v1::GrantConsentResponse> InfobankService::Grant(
         absl::StrFormat("granted to %s for %s on %s", RecipientOf(c),
                         absl::StrJoin(c.purposes(), ","), absl::StrJoin(c.data_categories(), ",")));
   *response.mutable_consent() = std::move(c);
-  if (deps_.signer != nullptr) *response.mutable_receipt() = std::move(receipt);
+  *response.mutable_receipt() = std::move(receipt);
   return response;
 }
 
@@ -542,12 +545,10 @@ absl::StatusOr<consent::v1::RevokeConsentResponse> InfobankService::EndConsent(
   if (revoke) {
     *c.mutable_revoke_time() = Ts(now);
     c.set_revoke_reason(reason);
-    if (deps_.signer != nullptr) {
-      absl::StatusOr<Receipt> r = deps_.signer->Issue(c, consent::v1::RECEIPT_EVENT_REVOKE, now);
-      if (!r.ok()) return Annotate(r.status(), "issuing the revocation receipt");
-      receipt = *std::move(r);
-      c.add_receipt_ids(receipt.receipt_id());
-    }
+    absl::StatusOr<Receipt> r = deps_.signer->Issue(c, consent::v1::RECEIPT_EVENT_REVOKE, now);
+    if (!r.ok()) return Annotate(r.status(), "issuing the revocation receipt");
+    receipt = *std::move(r);
+    c.add_receipt_ids(receipt.receipt_id());
   }
   ConsentEvent event;
   event.set_kind(revoke ? consent::v1::CONSENT_EVENT_KIND_REVOKED
@@ -726,9 +727,6 @@ grpc::Status InfobankService::ExportPersonalData(
   if (!caller.ok()) return ToGrpcStatus(caller.status());
   absl::StatusOr<std::string> person = Person(*caller, request->data_subject(), kScopeData);
   RETURN_GRPC_IF_ERROR(person.status());
-  if (deps_.personal == nullptr) {
-    return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no personal data store configured");
-  }
   nlohmann::json doc;
   doc["data_subject"] = *person;
   doc["generated"] = absl::FormatTime(absl::RFC3339_full, deps_.clock->Now(), absl::UTCTimeZone());
@@ -801,9 +799,6 @@ grpc::Status InfobankService::DeletePersonalData(
       return absl::Status(absl::StatusCode::kInvalidArgument,
                           absl::StrFormat("confirm must equal the person's id \"%s\"", *person));
     }
-    if (deps_.personal == nullptr) {
-      return absl::Status(absl::StatusCode::kUnimplemented, "no personal data store configured");
-    }
     absl::StatusOr<uint64_t> records = deps_.personal->Delete(*person);
     CITYOS_RETURN_IF_ERROR(records.status());
     const absl::Time now = deps_.clock->Now();
@@ -863,9 +858,6 @@ grpc::Status InfobankService::GetBenefitBalance(grpc::ServerContext* ctx,
   return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
     absl::StatusOr<std::string> person = Person(caller, request->data_subject(), kScopeData);
     CITYOS_RETURN_IF_ERROR(person.status());
-    if (deps_.benefits == nullptr) {
-      return absl::Status(absl::StatusCode::kUnimplemented, "no benefit ledger configured");
-    }
     absl::StatusOr<consent::v1::GetBenefitBalanceResponse> r = deps_.benefits->Balance(*person);
     CITYOS_RETURN_IF_ERROR(r.status());
     *response = *std::move(r);
@@ -879,9 +871,6 @@ grpc::Status InfobankService::GetBenefitStatement(
   return Serve(deps_.resolver, ctx, [&](const Principal& caller) -> absl::Status {
     absl::StatusOr<std::string> person = Person(caller, request->data_subject(), kScopeData);
     CITYOS_RETURN_IF_ERROR(person.status());
-    if (deps_.benefits == nullptr) {
-      return absl::Status(absl::StatusCode::kUnimplemented, "no benefit ledger configured");
-    }
     absl::StatusOr<consent::v1::GetBenefitStatementResponse> r =
         deps_.benefits->Statement(*request, *person);
     CITYOS_RETURN_IF_ERROR(r.status());

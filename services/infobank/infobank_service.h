@@ -42,9 +42,10 @@ struct InfobankDeps {
   PolicyDecisionPoint* pdp = nullptr;
   AuditLog* audit = nullptr;
   Clock* clock = nullptr;
-  const ReceiptSigner* signer = nullptr;  // null: no receipts
-  PersonalStore* personal = nullptr;      // null: personal data RPCs UNIMPLEMENTED
-  BenefitLedger* benefits = nullptr;      // null: benefit RPCs UNIMPLEMENTED
+  // All required (Start() refuses a null one).
+  const ReceiptSigner* signer = nullptr;
+  PersonalStore* personal = nullptr;
+  BenefitLedger* benefits = nullptr;
   InfobankCallerResolver resolver;
   // The bank itself (the actor of expiries).
   Principal bank;

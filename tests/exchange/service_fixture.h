@@ -66,8 +66,8 @@ struct Client {
 };
 
 // Prints "<what>: p50 …, p99 …, max … (N iterations)" for the revocation ->
-// stream-cut latencies `ms`, records cut_p50_ms / cut_p99_ms and expects a
-// p99 under 100 ms.
+// stream-cut latencies `ms` and records cut_p50_ms / cut_p99_ms: a measured
+// figure for docs/benchmarks.md (target p99 <= 100 ms), not an assertion.
 void ReportCutLatency(std::vector<double> ms, const char* what);
 
 // A deadline for unary calls.
