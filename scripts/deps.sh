@@ -12,6 +12,7 @@ packages=(
   libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
   libsqlite3-dev
   libnats-dev nats-server            # bus benchmarks: the NATS peer, side by side
+  mosquitto mosquitto-clients libmosquitto-dev   # carbon: smart-meter ingest over MQTT
 )
 
 missing=()
