@@ -1270,6 +1270,11 @@ int ConsentVerifyReceipt(const Globals&, const std::string&, const std::string&,
 
 }  // namespace
 
+void SetActiveCall(grpc::ClientContext* ctx) {
+  std::lock_guard<std::mutex> lock(g_active_mu);
+  g_active = ctx;
+}
+
 bool CancelActiveCall() {
   std::lock_guard<std::mutex> lock(g_active_mu);
   if (g_active == nullptr) return false;
@@ -1572,6 +1577,9 @@ int Run(int argc, char** argv, std::ostream& out, std::ostream& err) {
                              "The bank's receipt public key (PEM); default: the key embedded "
                              "in the receipt (trust on first use)");
 
+  std::unique_ptr<CarbonCommands> carbon =
+      AddCarbonCommands(app, {&g.context, &g.config, &g.json, &g_rpc_timeout});
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -1633,6 +1641,8 @@ int Run(int argc, char** argv, std::ostream& out, std::ostream& err) {
       return ExchangeSubscribe(g, sub_pattern, sub_purpose, sub_type, sub_count, out);
     else if (verify_receipt->parsed())
       return ConsentVerifyReceipt(g, receipt_file, receipt_key, out, err);
+    else if (carbon->parsed())
+      return carbon->Run(out, err);
   } catch (const CommandError& e) {
     out.flush();
     err << "cityosctl: " << e.message << "\n";

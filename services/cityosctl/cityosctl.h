@@ -7,7 +7,7 @@
 // load|list|validate, explain, emergency declare|end|list, audit
 // query|verify, exchange query|get|subscribe (the data exchange); consent
 // verify-receipt (offline check of a signed consent receipt; exit 1 when its
-// signature does not verify).
+// signature does not verify); carbon ... (the carbon account, carbon_cmd.cc).
 // `audit verify` and `policy validate` exit 1 when they find a fault (the
 // first bad audit entry, or the policy errors, are printed on `out`).
 //
@@ -19,8 +19,15 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <memory>
 #include <ostream>
 #include <string>
+
+#include "absl/time/time.h"
+
+namespace CLI {
+class App;
+}
 
 namespace cityos::ctl {
 
@@ -41,6 +48,28 @@ std::string DescribeRpcError(const std::string& endpoint,
 // from another thread (main.cc's signal thread). Returns false if there was
 // none.
 bool CancelActiveCall();
+
+// Registers the streaming call in progress (null clears it) for
+// CancelActiveCall.
+void SetActiveCall(grpc::ClientContext* ctx);
+
+// `cityosctl carbon ...` (carbon_cmd.cc): the carbon account's commands.
+struct CarbonGlobals {
+  const std::string* context;
+  const std::string* config;
+  const bool* json;
+  const absl::Duration* timeout;
+};
+class CarbonCommands {
+ public:
+  virtual ~CarbonCommands() = default;
+  // Whether `carbon ...` was on the command line.
+  virtual bool parsed() const = 0;
+  // Runs the parsed carbon command; the exit status.
+  virtual int Run(std::ostream& out, std::ostream& err) = 0;
+};
+// Adds the `carbon` subcommands to `app`.
+std::unique_ptr<CarbonCommands> AddCarbonCommands(CLI::App& app, CarbonGlobals globals);
 
 }  // namespace cityos::ctl
 

@@ -136,6 +136,9 @@ absl::Status RegisterAllScenarios(ScenarioRegistry& registry) {
   if (absl::Status s = RegisterBusGrpcScenarios(registry); !s.ok()) return s;
   if (absl::Status s = RegisterPolicyScenarios(registry); !s.ok()) return s;
   if (absl::Status s = RegisterExchangeScenarios(registry); !s.ok()) return s;
+#if defined(CITYOS_BENCH_CARBON)
+  if (absl::Status s = RegisterCarbonScenarios(registry); !s.ok()) return s;
+#endif
   return absl::OkStatus();
 }
 

@@ -157,6 +157,7 @@ absl::Status RegisterBusGrpcScenarios(
     ScenarioRegistry& registry);  // bus_grpc_scenarios.cc
 absl::Status RegisterPolicyScenarios(ScenarioRegistry& registry);  // policy_scenarios.cc
 absl::Status RegisterExchangeScenarios(ScenarioRegistry& registry);  // exchange_scenarios.cc
+absl::Status RegisterCarbonScenarios(ScenarioRegistry& registry);  // carbon_scenarios.cc
 
 }  // namespace cityos::bench
 
