@@ -265,7 +265,7 @@ class CitySimPluginImpl final : public CitySimPlugin {
     } else if (!absl::EndsWith(node.listen_address, ":0")) {
       address_ = DialAddress(node.listen_address);
     } else {
-      node_info_ = &node;
+      context_ = &context;
     }
     consent_thread_ = std::thread([this] { ConsentLoop(); });
   }
@@ -362,12 +362,9 @@ class CitySimPluginImpl final : public CitySimPlugin {
   absl::Status GrantRound(std::set<std::string>* done) {
     std::string address = address_;
     if (address.empty()) {
-      // Port 0 configured: the node writes the bound address into its
-      // NodeInfo once its server is up, after the plug-ins started. NodeInfo
-      // has no lock (PluginContext offers no notification), so this read is
-      // not synchronised with that single write; it happens a backoff step
-      // after Start() and is retried until the address has a real port.
-      address = node_info_ != nullptr ? node_info_->listen_address : "";
+      // Port 0 configured: the node knows its bound address once its server
+      // is up, after the plug-ins started; retried until it serves.
+      address = context_ != nullptr ? context_->ServingAddress() : "";
       if (address.empty() || absl::EndsWith(address, ":0")) {
         return absl::UnavailableError("the node is not serving yet (no bound address)");
       }
@@ -676,8 +673,8 @@ class CitySimPluginImpl final : public CitySimPlugin {
   ConsentOptions consent_;
   std::string setup_dir_;
   std::string ca_dir_, node_cert_;
-  std::string address_;                  // empty: read node_info_ when serving
-  const NodeInfo* node_info_ = nullptr;  // the node's, while it runs
+  std::string address_;              // empty: ask context_ when serving
+  PluginContext* context_ = nullptr;  // the node's, while it runs
   std::string server_id_;
   bool recipient_approved_ = false;
   std::thread consent_thread_;

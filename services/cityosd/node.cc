@@ -180,6 +180,10 @@ class NodeImpl final : public Node, private PluginContext {
     std::string host = config_.info.listen_address.substr(
         0, config_.info.listen_address.rfind(':'));
     info_.listen_address = absl::StrCat(host, ":", port);
+    {
+      absl::MutexLock lock(&serving_mu_);
+      serving_address_ = info_.listen_address;
+    }
     grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
     health->SetServingStatus("", true);
     for (const std::string& name : hosted_) health->SetServingStatus(name, true);
@@ -220,6 +224,10 @@ class NodeImpl final : public Node, private PluginContext {
  private:
   // PluginContext:
   const NodeInfo& node() const override { return info_; }
+  std::string ServingAddress() const override {
+    absl::MutexLock lock(&serving_mu_);
+    return serving_address_;
+  }
   Clock* clock() override { return clock_; }
   Bus* bus() override { return bus_.get(); }
   absl::StatusOr<Principal> Authenticate(const grpc::ServerContext& call) override {
@@ -428,6 +436,8 @@ class NodeImpl final : public Node, private PluginContext {
   // The TLS files in use (kTls, kAutoTls) and the dev PKI (kAutoTls).
   TlsConfig tls_;
   DevPki dev_pki_;
+  mutable absl::Mutex serving_mu_;
+  std::string serving_address_ ABSL_GUARDED_BY(serving_mu_);
   BusNodeConfig bus_config_;
   // The audit log, the PDP and the bus authorizer over it: outlive the bus
   // and the plug-ins (declared before them), which hold pointers to them.

@@ -505,6 +505,7 @@ class FakeContext final : public PluginContext {
     info_.trust_domain = "demo.city";
   }
   const NodeInfo& node() const override { return info_; }
+  std::string ServingAddress() const override { return info_.listen_address; }
   Clock* clock() override { return clock_; }
   Bus* bus() override { return bus_; }
   PolicyDecisionPoint* policy() override { return nullptr; }  // the plug-in uses none

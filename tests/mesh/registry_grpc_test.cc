@@ -719,6 +719,7 @@ class TestPluginContext final : public PluginContext {
  public:
   explicit TestPluginContext(Clock* clock) : clock_(clock) {}
   const NodeInfo& node() const override { return info_; }
+  std::string ServingAddress() const override { return info_.listen_address; }
   Clock* clock() override { return clock_; }
   Bus* bus() override { return nullptr; }  // the registry does not use the bus
   PolicyDecisionPoint* policy() override { return nullptr; }

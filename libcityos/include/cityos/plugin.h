@@ -69,6 +69,13 @@ class PluginContext {
   virtual PolicyDecisionPoint* policy() = 0;
   // The node's audit log (cityos/audit.h). Never null.
   virtual AuditLog* audit() = 0;
+  // The address the node's gRPC server listens on once it serves (e.g.
+  // "127.0.0.1:7443", the real port when the config asked for port 0);
+  // empty until then. The node binds after every plug-in started, so a
+  // plug-in that calls the node itself (as a client with its own identity)
+  // asks here at connect time. Thread-safe, unlike reading
+  // node().listen_address while the node starts.
+  virtual std::string ServingAddress() const = 0;
   // Creates (if needed) and returns `<data_dir>/<plugin name>`, the plug-in's
   // own directory for state.
   virtual absl::StatusOr<std::string> PluginDataDir(std::string_view plugin) = 0;
