@@ -6,7 +6,7 @@
 // behaviours, and the credit ledger (SQLite `credits.db`).
 //
 //   CITYOS_ASSIGN_OR_RETURN(std::vector<CreditRule> rules,
-//       ParseCreditRulesCsv("../shared/reference/green-behaviour-credits.csv", "ant_forest"));
+//       ParseCreditRulesCsv("config/carbon/green-behaviour-credits.csv", "ant_forest"));
 //   CITYOS_ASSIGN_OR_RETURN(auto ledger, CreditLedger::Open(dir + "/credits.db", rules, tz, clock));
 //   CITYOS_ASSIGN_OR_RETURN(std::optional<Behaviour> b, BehaviourFromEvent(delivery.event()));
 //   if (b) CITYOS_ASSIGN_OR_RETURN(auto credit,

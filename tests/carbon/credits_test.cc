@@ -20,7 +20,7 @@
 #include "testutil.h"
 
 #ifndef CITYOS_GREEN_CREDITS_CSV
-#error "CITYOS_GREEN_CREDITS_CSV must name ../shared/reference/green-behaviour-credits.csv"
+#error "CITYOS_GREEN_CREDITS_CSV must name config/carbon/green-behaviour-credits.csv"
 #endif
 
 namespace cityos::carbon {

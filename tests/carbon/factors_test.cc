@@ -48,7 +48,7 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 #ifndef CARBON_REFERENCE_DIR
-#error "CARBON_REFERENCE_DIR (../shared/reference) must be defined by the build"
+#error "CARBON_REFERENCE_DIR (config/carbon) must be defined by the build"
 #endif
 
 namespace cityos::carbon {

@@ -4,4 +4,4 @@
 cityos_test(carbon_ledger_test LABEL carbon
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/ledger_test.cc
   LIBS cityos_carbon_ledger
-  DEFINES CITYOS_CARBON_FACTORS_CSV="${PROJECT_SOURCE_DIR}/../shared/reference/emission-factors.csv")
+  DEFINES CITYOS_CARBON_FACTORS_CSV="${PROJECT_SOURCE_DIR}/config/carbon/emission-factors.csv")

@@ -12,7 +12,7 @@ cityos_test(carbon_periods_test LABEL carbon
 cityos_test(carbon_factors_test LABEL carbon
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/factors_test.cc
   LIBS cityos_carbon_model
-  DEFINES CARBON_REFERENCE_DIR="${PROJECT_SOURCE_DIR}/../shared/reference")
+  DEFINES CARBON_REFERENCE_DIR="${PROJECT_SOURCE_DIR}/config/carbon")
 cityos_test(carbon_grades_test LABEL carbon
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/grades_test.cc
   LIBS cityos_carbon_model)
