@@ -115,10 +115,11 @@ absl::StatusOr<DevPki> EnsureDevPki(const DevPkiOptions& options) {
   }
 
   // The development city's operator: runs the bus, loads policies, reads the
-  // audit and may declare emergencies. An admin certificate from an older
-  // version with fewer roles is re-issued.
-  const std::vector<std::string> admin_roles = {"admin", "policy-admin", "auditor",
-                                                "disaster-authority"};
+  // audit, may declare emergencies and administers the carbon account. An
+  // admin certificate from an older version with other roles is re-issued.
+  const std::vector<std::string> admin_roles = {"admin",         "policy-admin",  "auditor",
+                                                "disaster-authority", "carbon-viewer",
+                                                "carbon-admin"};
   std::optional<CertificateInfo> have_admin =
       Reusable(pki.admin_cert_file, ca_info);
   if (!have_admin.has_value() || !fs::exists(pki.admin_key_file) ||
