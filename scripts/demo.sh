@@ -34,6 +34,16 @@ ${CITYOS_CONFIG:-$HOME/.config/cityos/config.yaml}. Try, in another terminal:
       --classification public --purpose medical_care
   $ctl exchange query --type cityos.health.v1.BedAvailability --purpose medical_care
   $ctl audit verify
+  # the carbon account, fed by the demo-city simulator (docs/carbon.md):
+  $ctl carbon regions CN-ZJ-QZ --granularity day --from \$(date -d '-2 day' +%F) --to \$(date -d '+1 day' +%F) --sub
+  $ctl carbon ranking --subject enterprises --from \$(date +%F) --to \$(date -d '+1 day' +%F)
+  $ctl carbon alarms          # the cement plant's daily plan is tight
+  $ctl carbon watch           # alarm changes as they happen
+  $ctl carbon grades --at \$(date -d '-1 month' +%Y-%m-15)
+  $ctl carbon grade js-cement --at \$(date -d '-1 month' +%Y-%m-15)
+  $ctl carbon report js-cement --month \$(date -d '-1 month' +%Y-%m) --format csv
+  $ctl carbon quarantine
+  $ctl carbon accounts --kind individual
   curl -s http://127.0.0.1:9464/metrics | grep cityos_
 Stop with Ctrl-C (the node drains and exits 0).
 

@@ -229,7 +229,7 @@ SimConfig DefaultQuzhouConfig() {
                              {SimLine{"synthesis",
                                       "Synthesis unit",
                                       {Meter("elec", ENERGY_KIND_ELECTRICITY, "kWh", 12000),
-                                       Meter("steam", ENERGY_KIND_STEAM, "t", 60),
+                                       Meter("steam", ENERGY_KIND_STEAM, "GJ", 170),
                                        Meter("gas", ENERGY_KIND_NATURAL_GAS, "m3", 2500)},
                                       {}},
                               SimLine{"logistics",

@@ -58,6 +58,16 @@ struct MqttSection {
   std::vector<std::vector<std::string>> districts;
 };
 
+// A relative file name in the config is relative to the config file's
+// directory (as the node's policy files are); empty stays empty.
+std::string RelativeToConfig(const ConfigNode& section, const std::string& name) {
+  if (name.empty() || std::filesystem::path(name).is_absolute()) return name;
+  if (section.File().empty()) return name;
+  return (std::filesystem::absolute(section.File()).parent_path() / name)
+      .lexically_normal()
+      .string();
+}
+
 class CarbonPlugin final : public ServicePlugin {
  public:
   explicit CarbonPlugin(CarbonCallerResolver resolver)
@@ -71,9 +81,13 @@ class CarbonPlugin final : public ServicePlugin {
         {"data_dir", "time_zone", "identity", "exchange", "inputs", "regions",
          "factors_csv", "factors", "benchmarks", "thresholds", "credit_rules",
          "incentives", "tick_interval", "publish_records", "ingest_batch",
-         "queue_limit", "future_tolerance", "mqtt", "provision_accounts"}));
+         "queue_limit", "future_tolerance", "mqtt", "provision_accounts", "provision_plans"}));
     if (s.Has("provision_accounts")) {
       CITYOS_ASSIGN_OR_RETURN(provision_accounts_, s.GetStringList("provision_accounts"));
+    }
+    if (s.Has("provision_plans")) {
+      CITYOS_ASSIGN_OR_RETURN(std::vector<std::string> plans, s.GetStringList("provision_plans"));
+      for (const std::string& p : plans) provision_plans_.push_back(RelativeToConfig(s, p));
     }
     CITYOS_ASSIGN_OR_RETURN(config_.data_dir, s.GetString("data_dir", ""));
     CITYOS_ASSIGN_OR_RETURN(config_.time_zone,
@@ -154,6 +168,7 @@ class CarbonPlugin final : public ServicePlugin {
     // factors
     CITYOS_ASSIGN_OR_RETURN(config_.factors_csv,
                             s.GetString("factors_csv", ""));
+    config_.factors_csv = RelativeToConfig(s, config_.factors_csv);
     if (!config_.factors_csv.empty() &&
         !std::filesystem::exists(config_.factors_csv)) {
       return s.Error("factors_csv",
@@ -246,6 +261,7 @@ class CarbonPlugin final : public ServicePlugin {
     CITYOS_ASSIGN_OR_RETURN(ConfigNode cr, s.ChildOrEmpty("credit_rules"));
     CITYOS_RETURN_IF_ERROR(cr.CheckKeys({"csv", "scheme", "rules"}));
     CITYOS_ASSIGN_OR_RETURN(config_.credit_rules_csv, cr.GetString("csv", ""));
+    config_.credit_rules_csv = RelativeToConfig(s, config_.credit_rules_csv);
     CITYOS_ASSIGN_OR_RETURN(config_.credit_scheme,
                             cr.GetString("scheme", "ant_forest"));
     if (!config_.credit_rules_csv.empty()) {
@@ -398,7 +414,7 @@ class CarbonPlugin final : public ServicePlugin {
     }
     if (exchange_address_.empty()) {
       // The node binds after its plug-ins started: ask at every connect.
-      deps.exchange_address = [&info] { return info.listen_address; };
+      deps.exchange_address = [&context] { return context.ServingAddress(); };
     } else {
       deps.exchange_address = [a = exchange_address_] { return a; };
     }
@@ -409,7 +425,9 @@ class CarbonPlugin final : public ServicePlugin {
       service_.reset();
       return s;
     }
-    if (absl::Status s = ProvisionAccounts(info.data_dir); !s.ok()) {
+    absl::Status provisioned = ProvisionAccounts(info.data_dir);
+    if (provisioned.ok()) provisioned = ProvisionPlans(td);
+    if (absl::Status s = provisioned; !s.ok()) {
       service_->Stop();
       service_.reset();
       return s;
@@ -480,6 +498,54 @@ class CarbonPlugin final : public ServicePlugin {
       }
       LogInfo("carbon", "accounts provisioned",
               {{"file", path.string()}, {"created", std::to_string(created)}});
+    }
+    return absl::OkStatus();
+  }
+
+  // Creates the plans listed in `provision_plans` (JSON lines of
+  // cityos.carbon.v1.Plan without plan_id) whose target has no plan of the
+  // same granularity yet, so a restart adds nothing. Errors name file and
+  // line and stop the start.
+  absl::Status ProvisionPlans(const std::string& trust_domain) {
+    for (const std::string& path : provision_plans_) {
+      std::ifstream in(path);
+      if (!in) return absl::NotFoundError(absl::StrCat("provision_plans: cannot read ", path));
+      std::string line;
+      int line_no = 0, created = 0;
+      while (std::getline(in, line)) {
+        ++line_no;
+        if (absl::StripAsciiWhitespace(line).empty()) continue;
+        v1::Plan plan;
+        google::protobuf::util::JsonParseOptions options;
+        if (auto st = google::protobuf::util::JsonStringToMessage(line, &plan, options);
+            !st.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              path, ":", line_no, ": not a cityos.carbon.v1.Plan: ", st.message().as_string()));
+        }
+        v1::ListPlansRequest existing;
+        if (plan.has_account_id()) existing.set_account_id(plan.account_id());
+        if (plan.has_region()) existing.set_region(plan.region());
+        bool present = false;
+        for (const v1::Plan& p : service_->alarms()->ListPlans(existing)) {
+          present = present || p.granularity() == plan.granularity();
+        }
+        if (present) continue;
+        if (plan.has_account_id()) {
+          if (absl::Status st = service_->ledger()->GetAccount(plan.account_id()).status();
+              !st.ok()) {
+            return absl::Status(st.code(), absl::StrCat(path, ":", line_no, ": ", st.message()));
+          }
+        }
+        absl::StatusOr<v1::Plan> made = service_->alarms()->SetPlan(
+            plan, CarbonServicePrincipal(trust_domain).SpiffeId());
+        if (!made.ok()) {
+          return absl::Status(made.status().code(), absl::StrCat(path, ":", line_no, ": ",
+                                                                 made.status().message()));
+        }
+        ++created;
+      }
+      LogInfo("carbon", "plans provisioned",
+              {{"file", path}, {"created", std::to_string(created)}});
     }
     return absl::OkStatus();
   }
@@ -583,6 +649,7 @@ class CarbonPlugin final : public ServicePlugin {
   std::string exchange_address_;
   MqttSection mqtt_;
   std::vector<std::string> provision_accounts_;
+  std::vector<std::string> provision_plans_;
   std::unique_ptr<CarbonAccountServiceImpl> service_;
   std::unique_ptr<MqttBridge> bridge_;
 };
