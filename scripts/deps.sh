@@ -35,6 +35,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+  # The mosquitto package starts a system broker on port 1883; the tests start
+  # their own on free ports, so do not leave one running that nobody asked for.
+  if [[ " ${missing[*]} " == *" mosquitto "* ]] && command -v systemctl > /dev/null; then
+    systemctl disable --now mosquitto > /dev/null 2>&1 || true
+  fi
 fi
 
 buf_version=1.75.0
