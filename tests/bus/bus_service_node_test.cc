@@ -172,11 +172,12 @@ TEST(BusPlugin, TheDemoCityConfigIsValid) {
   ASSERT_TRUE(config.ok()) << config.status();
   auto bus = ParseBusConfig(config->bus_section);
   ASSERT_TRUE(bus.ok());
-  ASSERT_EQ(bus->streams.size(), 2u);
+  ASSERT_EQ(bus->streams.size(), 3u);
   EXPECT_EQ(bus->streams[0].name, "carbon");
-  EXPECT_EQ(bus->streams[0].durability, Durability::kFsync);
+  EXPECT_EQ(bus->streams[0].durability, Durability::kInterval);
   EXPECT_EQ(bus->streams[1].name, "mobility");
   EXPECT_EQ(bus->streams[1].durability, Durability::kInterval);
+  EXPECT_EQ(bus->streams[2].name, "payments");
   EXPECT_TRUE(Node::Create(*std::move(config), registry).ok());
 }
 

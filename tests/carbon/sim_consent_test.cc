@@ -48,8 +48,9 @@ using ::testing::HasSubstr;
 
 constexpr absl::Duration kWait = absl::Seconds(60);
 
-// Six citizens, three of whom consent; one small enterprise; an hour of
-// backfill so every publisher publishes at once.
+// Six citizens, three of whom consent; one small enterprise; 26 hours of
+// backfill (citizens travel and pay between 06:00 and 22:00 city time, so
+// every publisher publishes at once whatever the time of day the test runs).
 constexpr char kSimBase[] = R"(seed: 11
 consent_share: 0.5
 citizens: {count: 6, metro_rides_per_day: 48, bus_rides_per_day: 48, walks_per_day: 48,
@@ -78,8 +79,8 @@ enterprises:
           - id: kiln-1
             meters: [{id: elec, energy: electricity, unit: kWh, per_hour: 900}]
             processes: [{method: cement-clinker, key: clinker, unit: t, per_hour: 21}]
-rates: {interval: 15m, speed: 3600, duplicate_share: 0, out_of_order_share: 0, impossible_share: 0}
-backfill: 2h
+rates: {interval: 15m, speed: 100000, duplicate_share: 0, out_of_order_share: 0, impossible_share: 0}
+backfill: 26h
 tick: 100ms
 )";
 
@@ -384,7 +385,7 @@ TEST_F(SimConsentTest, CitizensGrantOnceAndTheExchangeFollows) {
   const citysim::CitySim& sim = *g_sim.load()->sim();
   std::set<std::string> published_orgs;
   const std::vector<citysim::SimEvent> window =
-      sim.Generate(pub.sim_now - absl::Hours(2), pub.sim_now);
+      sim.Generate(pub.sim_start, pub.sim_now);
   for (const citysim::SimEvent& e : window) published_orgs.insert(e.org);
   for (const citysim::SimEvent& e : sim.ValueAddedBackfill(pub.sim_now)) {
     published_orgs.insert(e.org);

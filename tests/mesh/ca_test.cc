@@ -287,7 +287,8 @@ TEST(DevPki, CreatesOnceThenReusesAndCoversTheListenHost) {
   EXPECT_THAT(admin->uris,
               ElementsAre("spiffe://demo.city/org/city/user/admin"));
   EXPECT_THAT(admin->roles,
-              ElementsAre("admin", "policy-admin", "auditor", "disaster-authority"));
+              ElementsAre("admin", "policy-admin", "auditor", "disaster-authority",
+                          "carbon-viewer", "carbon-admin"));
 
   auto second = EnsureDevPki(options);
   ASSERT_TRUE(second.ok());

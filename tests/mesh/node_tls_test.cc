@@ -165,7 +165,7 @@ TEST_F(NodeTlsTest, AutoCreatesDevPkiAndContextThenAdminGetsIn) {
     ASSERT_TRUE(who.ok()) << who.status();
     EXPECT_EQ(*who,
               "spiffe://demo.city/org/city/user/admin|admin|policy-admin|auditor|"
-              "disaster-authority");
+              "disaster-authority|carbon-viewer|carbon-admin");
 
     // Plaintext gets nowhere.
     auto plain =
