@@ -122,13 +122,9 @@ absl::Status CarbonAccountServiceImpl::Start() {
   CITYOS_ASSIGN_OR_RETURN(
       factors_, FactorRegistry::Open(dir + "/factors.db", deps_.clock, tz_));
   if (!config_.factors_csv.empty()) {
-    absl::StatusOr<int> added = factors_->SeedCsv(config_.factors_csv, self);
-    if (!added.ok()) return Annotate(added.status(), "factors_csv");
-    if (*added > 0) {
-      LogInfo(
-          kComponent, "emission factors seeded",
-          {{"file", config_.factors_csv}, {"added", std::to_string(*added)}});
-    }
+    // The registry logs what it added.
+    CITYOS_RETURN_IF_ERROR(Annotate(factors_->SeedCsv(config_.factors_csv, self).status(),
+                                    "factors_csv"));
   }
   for (const v1::EmissionFactor& f : config_.factors) {
     absl::StatusOr<v1::EmissionFactor> added = factors_->Add(f, self);
@@ -324,17 +320,20 @@ void CarbonAccountServiceImpl::IngestLoop() {
 }
 
 void CarbonAccountServiceImpl::IngestBatch(std::vector<FeedDelivery>& batch) {
-  std::vector<ReadingInput> readings;
+  // Readings are parsed into reading_buf_[0, n_readings): its elements are
+  // kept from batch to batch, so parsing reuses their strings.
+  size_t n_readings = 0;
   std::vector<ProcessInput> process;
   std::vector<std::pair<v1::ValueAdded, std::string>> values;
   std::vector<const FeedDelivery*> personal;
-  readings.reserve(batch.size());
-  std::string last_event;
+  // Id of the last reading or process event (the alarms' trigger).
+  const std::string* last_event = nullptr;
   for (const FeedDelivery& d : batch) {
-    const event::v1::Event& e = d.event;
+    const event::v1::Event& e = *d.event;
     n_events_.fetch_add(1, std::memory_order_relaxed);
     if (e.type() == kMeterReadingType) {
-      ReadingInput in;
+      if (n_readings == reading_buf_.size()) reading_buf_.emplace_back();
+      ReadingInput& in = reading_buf_[n_readings];
       if (!e.has_proto_data() || !e.proto_data().UnpackTo(&in.reading)) {
         n_ignored_.fetch_add(1, std::memory_order_relaxed);
         LogWarn(kComponent,
@@ -343,8 +342,8 @@ void CarbonAccountServiceImpl::IngestBatch(std::vector<FeedDelivery>& batch) {
         continue;
       }
       in.event_id = e.id();
-      last_event = e.id();
-      readings.push_back(std::move(in));
+      last_event = &e.id();
+      ++n_readings;
     } else if (e.type() == kProcessType) {
       ProcessInput in;
       if (!e.has_proto_data() || !e.proto_data().UnpackTo(&in.activity)) {
@@ -352,7 +351,7 @@ void CarbonAccountServiceImpl::IngestBatch(std::vector<FeedDelivery>& batch) {
         continue;
       }
       in.event_id = e.id();
-      last_event = e.id();
+      last_event = &e.id();
       process.push_back(std::move(in));
     } else if (e.type() == kValueAddedType) {
       v1::ValueAdded va;
@@ -384,15 +383,17 @@ void CarbonAccountServiceImpl::IngestBatch(std::vector<FeedDelivery>& batch) {
     }
     for (TouchedTotal& t : r.touched) touched.push_back(std::move(t));
   };
-  if (!readings.empty()) {
-    BatchResult r = ledger_->AccountReadings(readings);
+  if (n_readings > 0) {
+    BatchResult r = ledger_->AccountReadings(
+        absl::MakeConstSpan(reading_buf_.data(), n_readings));
     take(r);
   }
   if (!process.empty()) {
     BatchResult r = ledger_->AccountProcess(process);
     take(r);
   }
-  if (!touched.empty()) alarms_->Evaluate(touched, last_event);
+  if (!touched.empty())
+    alarms_->Evaluate(touched, last_event != nullptr ? *last_event : "");
   for (const auto& [va, id] : values) HandleValueAdded(va, id);
   for (const FeedDelivery* d : personal) HandlePersonal(*d);
 }
@@ -423,7 +424,7 @@ void CarbonAccountServiceImpl::HandleValueAdded(const v1::ValueAdded& va,
 }
 
 void CarbonAccountServiceImpl::HandlePersonal(const FeedDelivery& d) {
-  const event::v1::Event& e = d.event;
+  const event::v1::Event& e = *d.event;
   absl::StatusOr<std::optional<Behaviour>> b = BehaviourFromEvent(e);
   if (!b.ok()) {
     n_ignored_.fetch_add(1, std::memory_order_relaxed);
@@ -435,7 +436,7 @@ void CarbonAccountServiceImpl::HandlePersonal(const FeedDelivery& d) {
     n_ignored_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  if (d.consent_id.empty() || e.data_subject().empty()) {
+  if (d.consent_id->empty() || e.data_subject().empty()) {
     // No consent for carbon_accounting behind this delivery: never credited.
     n_uncredited_.fetch_add(1, std::memory_order_relaxed);
     return;
@@ -461,7 +462,7 @@ void CarbonAccountServiceImpl::HandlePersonal(const FeedDelivery& d) {
     account_id = acc.account_id();
   }
   absl::StatusOr<std::optional<v1::GreenCredit>> c =
-      credits_->Credit(account_id, **b, d.consent_id, e.id());
+      credits_->Credit(account_id, **b, *d.consent_id, e.id());
   if (!c.ok()) {
     LogWarn(kComponent, "credit not booked",
             {{"id", e.id()}, {"error", c.status().ToString()}});
@@ -530,6 +531,14 @@ absl::StatusOr<std::optional<v1::Grade>> CarbonAccountServiceImpl::Grade(
   in.period = p;
   in.emissions_kg = ledger_->TotalKg(enterprise_id, false, p.start, p.end);
   in.value_added_10k_yuan = *va;
+  // A period without a single accounted kilogram is not graded: K = 0 would
+  // read as the best grade when the truth is that nothing was measured.
+  if (in.emissions_kg <= 0) {
+    LogWarn(kComponent, "not graded: no emissions accounted for the period",
+            {{"account", enterprise_id},
+             {"period", absl::FormatTime("%Y-%m-%d", p.start, tz_)}});
+    return std::optional<v1::Grade>();
+  }
   // Region dimension: intensity of the enterprises of the same region with a
   // value added for the period (when there are others).
   {

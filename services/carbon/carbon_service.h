@@ -47,6 +47,7 @@
 #include "credits.h"
 #include "exchange_feed.h"
 #include "grades.h"
+#include "ledger.h"
 #include "periods.h"
 #include "plans.h"
 #include "regions.h"
@@ -275,7 +276,8 @@ class CarbonAccountServiceImpl final
 
   // ---- grades -------------------------------------------------------------
   // Computes (and stores, publishes, books incentives for) the grade of
-  // `enterprise_id` for `period`; nullopt when there is nothing to grade.
+  // `enterprise_id` for `period`; nullopt when there is nothing to grade (no
+  // value added, or no emissions accounted in the period).
   // Counts incentive reversals it caused into `*reversals` (may be null).
   absl::StatusOr<std::optional<v1::Grade>> Grade(
       const std::string& enterprise_id, const Period& p,
@@ -334,6 +336,10 @@ class CarbonAccountServiceImpl final
 
   // WatchAlarms streams.
   std::unique_ptr<AlarmWatchers> watchers_;
+
+  // Ingest thread only: reading inputs reused from batch to batch (parsing
+  // into them reuses their strings' capacity: no allocation per reading).
+  std::vector<ReadingInput> reading_buf_;
 
   std::atomic<uint64_t> n_events_{0}, n_readings_{0}, n_duplicates_{0},
       n_quarantined_{0}, n_credits_{0}, n_uncredited_{0}, n_ignored_{0},

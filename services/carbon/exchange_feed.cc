@@ -20,12 +20,30 @@
 #include "cityos/grpc_util.h"
 #include "cityos/logging.h"
 #include "cityos/status.h"
+#include "google/protobuf/arena.h"
 #include "nlohmann/json.hpp"
 
 namespace cityos::carbon {
 namespace {
 
 constexpr char kComponent[] = "carbon.feed";
+
+// One Subscribe response parsed on its own arena: its deliveries point into
+// it, and the whole response (events, strings, payloads) is freed at once
+// when the last delivery referring to it goes (no per-field malloc/free on
+// the feed and ingest threads).
+struct ArenaResponse {
+  static google::protobuf::ArenaOptions Options() {
+    google::protobuf::ArenaOptions o;
+    o.start_block_size = 64 << 10;
+    o.max_block_size = 1 << 20;
+    return o;
+  }
+  google::protobuf::Arena arena{Options()};
+  exchange::v1::SubscribeResponse* resp =
+      google::protobuf::Arena::CreateMessage<exchange::v1::SubscribeResponse>(
+          &arena);
+};
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -126,11 +144,21 @@ absl::StatusOr<std::unique_ptr<ExchangeFeed>> ExchangeFeed::Start(
 void ExchangeFeed::Processed(const std::vector<FeedDelivery>& batch) {
   absl::MutexLock lock(&mu_);
   bool changed = false;
-  for (const FeedDelivery& d : batch) {
-    if (d.resume_token.empty()) continue;
+  // The last delivery with a token per pattern wins: walk from the end and
+  // stop once every pattern has been seen.
+  std::vector<bool> seen(options_.patterns.size(), false);
+  size_t left = seen.size();
+  for (auto it = batch.rbegin(); it != batch.rend() && left > 0; ++it) {
+    const FeedDelivery& d = *it;
+    if (d.resume_token->empty()) continue;
+    if (d.pattern < seen.size()) {
+      if (seen[d.pattern]) continue;
+      seen[d.pattern] = true;
+      --left;
+    }
     std::string& t = tokens_[d.pattern];
-    if (t != d.resume_token) {
-      t = d.resume_token;
+    if (t != *d.resume_token) {
+      t = *d.resume_token;
       changed = true;
     }
   }
@@ -250,9 +278,12 @@ void ExchangeFeed::Run(size_t index) {
     connected_.fetch_add(1);
     std::unique_ptr<grpc::ClientReader<exchange::v1::SubscribeResponse>>
         reader = stub->Subscribe(&ctx, req);
-    exchange::v1::SubscribeResponse resp;
     bool got_any = false;
-    while (reader->Read(&resp)) {
+    while (true) {
+      // A fresh arena per response: the deliveries handed on point into it.
+      auto holder = std::make_shared<ArenaResponse>();
+      exchange::v1::SubscribeResponse& resp = *holder->resp;
+      if (!reader->Read(&resp)) break;
       got_any = true;
       if (resp.missed() > 0) {
         missed_.fetch_add(resp.missed());
@@ -262,14 +293,16 @@ void ExchangeFeed::Run(size_t index) {
       }
       std::vector<FeedDelivery> batch;
       batch.reserve(resp.deliveries_size());
-      for (exchange::v1::ExchangeDelivery& d : *resp.mutable_deliveries()) {
+      for (const exchange::v1::ExchangeDelivery& d : resp.deliveries()) {
         FeedDelivery f;
-        f.event = std::move(*d.mutable_event());
-        f.consent_id = d.decision().consent_id();
-        f.resume_token = d.resume_token();
+        f.event = &d.event();
+        f.consent_id = &d.decision().consent_id();
+        f.resume_token = &d.resume_token();
         f.pattern = index;
+        f.keep = holder;
         batch.push_back(std::move(f));
       }
+      holder.reset();
       if (!batch.empty()) {
         delivered_.fetch_add(batch.size());
         handler_(std::move(batch));

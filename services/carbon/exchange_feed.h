@@ -57,16 +57,24 @@ namespace cityos::carbon {
 // The purpose the carbon account reads under.
 inline constexpr char kCarbonPurpose[] = "carbon_accounting";
 
-// One event the exchange delivered.
+// One event the exchange delivered. It points into the response message it
+// came in, which `keep` holds alive (with the arena the response was parsed
+// on): copying or moving a delivery copies references, never the event, and
+// a response's memory goes back in one piece when its last delivery is
+// dropped.
 struct FeedDelivery {
-  event::v1::Event event;
+  // The event; never null.
+  const event::v1::Event* event = nullptr;
   // The consent the exchange's decision relied on (personal data); empty when
-  // none was needed.
-  std::string consent_id;
-  // Resume after this delivery; empty when the event was not stored.
-  std::string resume_token;
+  // none was needed. Never null.
+  const std::string* consent_id = nullptr;
+  // Resume after this delivery; empty when the event was not stored. Never
+  // null.
+  const std::string* resume_token = nullptr;
   // Index of the pattern (ExchangeFeedOptions::patterns) it came on.
   size_t pattern = 0;
+  // Owns what the pointers above point into.
+  std::shared_ptr<const void> keep;
 };
 
 struct ExchangeFeedOptions {

@@ -73,7 +73,9 @@
 // replays the records table (~1 s per million records here, carbon_bench
 // BM_OpenReplay). Memory is also bounded on replay (periodic folds). The ingest
 // path only appends rows to an in-memory queue; the writer thread commits them
-// in transactions of about `writer_batch` rows. When more than
+// in transactions of about `writer_batch` rows, records sorted by primary key
+// and inserted 64 rows per statement (prepared once per connection); the WAL
+// is checkpointed every 10,000 pages (~40 MB) rather than SQLite's 1,000. When more than
 // `max_queued_rows` rows wait, ingest blocks (backpressure, holding the ledger
 // lock): the sustained rate is then the writer's. A reading older than the
 // dedup window that is not in memory costs a Flush and one indexed query
@@ -130,8 +132,9 @@ struct LedgerOptions {
   absl::Duration future_tolerance = absl::Minutes(5);
   // SQLite `synchronous=FULL` instead of NORMAL (WAL).
   bool full_sync = false;
-  // Most rows per writer transaction.
-  size_t writer_batch = 4096;
+  // Most rows per writer transaction (larger transactions write each
+  // enterprise's newest B-tree pages fewer times per row).
+  size_t writer_batch = 16384;
   // In-memory dedup window behind a meter's newest interval end.
   absl::Duration dedup_window = absl::Hours(48);
   // Hour buckets kept behind the newest hour accounted (then folded to days).

@@ -238,6 +238,9 @@ struct WriteBatch {
   bool empty() const { return rows() == 0; }
 };
 
+// Rows per multi-row records INSERT of the writer (22 parameters each).
+inline constexpr int kRecordsPerInsert = 64;
+
 // SQLite connection + background writer. Thread-safe.
 class LedgerStore {
  public:
@@ -270,7 +273,13 @@ class LedgerStore {
   LedgerStore(sqlite3* db, std::string path, size_t writer_batch,
               size_t max_queued_rows);
   void Run();
-  absl::Status WriteLocked(const WriteBatch& b)
+  // Writes the rows of `batches` (records in primary-key order, so the
+  // B-tree inserts of a transaction walk each enterprise's pages in order).
+  absl::Status WriteLocked(const std::vector<const WriteBatch*>& batches)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
+  // The records INSERT for `rows` rows (1 or kRecordsPerInsert), prepared
+  // once per connection; null (and `*error` set) if preparing failed.
+  sqlite3_stmt* RecordInsert(int rows, std::string* error)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
 
   std::string path_;
@@ -279,6 +288,12 @@ class LedgerStore {
 
   absl::Mutex db_mu_;
   sqlite3* db_ ABSL_GUARDED_BY(db_mu_);
+  // Cached record INSERTs: one row, and kRecordsPerInsert rows per statement
+  // (fewer statement executions per row; finalized before closing db_).
+  sqlite3_stmt* insert_one_ ABSL_GUARDED_BY(db_mu_) = nullptr;
+  sqlite3_stmt* insert_many_ ABSL_GUARDED_BY(db_mu_) = nullptr;
+  // Writer scratch: the records of a transaction in key order.
+  std::vector<const RecordRow*> sorted_ ABSL_GUARDED_BY(db_mu_);
 
   absl::Mutex q_mu_;
   std::deque<WriteBatch> queue_ ABSL_GUARDED_BY(q_mu_);
