@@ -965,6 +965,17 @@ void CitySim::Personal(size_t i, absl::Time from, absl::Time to, std::vector<Pen
 
 std::vector<cv1::Account> CitySim::Accounts() const {
   std::vector<cv1::Account> out;
+  // An account below `parent`: its id "<parent's id>/<id>", in the parent's org.
+  auto child = [](const cv1::Account& parent, const std::string& id, cv1::AccountKind kind,
+                  std::string name) {
+    cv1::Account a;
+    a.set_account_id(absl::StrCat(parent.account_id(), "/", id));
+    a.set_kind(kind);
+    a.set_parent_id(parent.account_id());
+    a.set_name(std::move(name));
+    a.set_org(parent.org());
+    return a;
+  };
   for (const SimEnterprise& e : config_.enterprises) {
     cv1::Account ent;
     ent.set_account_id(e.id);
@@ -977,29 +988,15 @@ std::vector<cv1::Account> CitySim::Accounts() const {
     out.push_back(ent);
     for (const SimSite& s : e.sites) {
       const SimDistrict& d = District(s.district);
-      cv1::Account site;
-      site.set_account_id(absl::StrCat(e.id, "/", s.id));
-      site.set_kind(cv1::ACCOUNT_KIND_SITE);
-      site.set_parent_id(e.id);
-      site.set_name(s.name);
-      site.set_org(e.org);
+      cv1::Account site = child(ent, s.id, cv1::ACCOUNT_KIND_SITE, s.name);
       site.set_region(d.region);
       out.push_back(site);
       for (const SimLine& l : s.lines) {
-        cv1::Account line;
-        line.set_account_id(absl::StrCat(site.account_id(), "/", l.id));
-        line.set_kind(cv1::ACCOUNT_KIND_LINE);
-        line.set_parent_id(site.account_id());
-        line.set_name(l.name);
-        line.set_org(e.org);
+        const cv1::Account line = child(site, l.id, cv1::ACCOUNT_KIND_LINE, l.name);
         out.push_back(line);
         for (const SimMeter& m : l.meters) {
-          cv1::Account meter;
-          meter.set_account_id(absl::StrCat(line.account_id(), "/", m.id));
-          meter.set_kind(cv1::ACCOUNT_KIND_METER);
-          meter.set_parent_id(line.account_id());
-          meter.set_name(absl::StrCat(l.name, " ", m.id, " meter"));
-          meter.set_org(e.org);
+          cv1::Account meter =
+              child(line, m.id, cv1::ACCOUNT_KIND_METER, absl::StrCat(l.name, " ", m.id, " meter"));
           cv1::MeterSpec* spec = meter.mutable_meter();
           spec->set_energy_kind(m.energy);
           spec->set_unit(m.unit);

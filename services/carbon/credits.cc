@@ -642,13 +642,7 @@ class CreditLedger::Impl {
     return absl::InternalError(absl::StrCat(path_, ": ", AVs(what), ": ", sqlite3_errmsg(db_)));
   }
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    char* err = nullptr;
-    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-      std::string msg = err ? err : "unknown error";
-      sqlite3_free(err);
-      return absl::InternalError(absl::StrCat(path_, ": ", sql, ": ", msg));
-    }
-    return absl::OkStatus();
+    return infobank::ExecSql(db_, sql, [&] { return absl::StrCat(path_, ": ", sql); });
   }
 
   absl::StatusOr<PeriodStats> Stats(const std::string& account_id, const std::string& behaviour,
@@ -815,19 +809,7 @@ absl::StatusOr<std::unique_ptr<CreditLedger>> CreditLedger::Open(const std::stri
   }
   // Who walked and paid where is personal data: create the file 0600 before
   // SQLite does (it would use the umask); WAL and shm files follow it.
-  if (int fd = ::open(db_path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600); fd >= 0) {
-    ::close(fd);
-  } else {
-    return absl::InternalError(absl::StrCat("cannot create ", db_path, ": ", std::strerror(errno)));
-  }
-  sqlite3* raw = nullptr;
-  if (sqlite3_open_v2(db_path.c_str(), &raw,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    std::string msg = raw ? sqlite3_errmsg(raw) : "out of memory";
-    sqlite3_close(raw);
-    return absl::InternalError(absl::StrCat("cannot open ", db_path, ": ", msg));
-  }
+  CITYOS_ASSIGN_OR_RETURN(sqlite3* raw, infobank::OpenPrivateSqlite(db_path));
   auto impl = std::make_unique<Impl>(raw, tz, clock, db_path);
   sqlite3_busy_timeout(raw, 10000);
   // UNIQUE(behaviour, dedup_key) is what makes a transaction credit at most once.
@@ -847,12 +829,8 @@ absl::StatusOr<std::unique_ptr<CreditLedger>> CreditLedger::Open(const std::stri
       "CREATE INDEX IF NOT EXISTS credits_by_account ON credits(account_id, time_ns, seq);"
       "CREATE INDEX IF NOT EXISTS credits_by_behaviour ON credits(account_id, behaviour, time_ns);"
       "CREATE INDEX IF NOT EXISTS credits_by_time ON credits(time_ns);";
-  char* err = nullptr;
-  if (sqlite3_exec(raw, schema, nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string msg = err ? err : "unknown error";
-    sqlite3_free(err);
-    return absl::InternalError(absl::StrCat("cannot initialise ", db_path, ": ", msg));
-  }
+  CITYOS_RETURN_IF_ERROR(infobank::ExecSql(
+      raw, schema, [&] { return absl::StrCat("cannot initialise ", db_path); }));
   return std::unique_ptr<CreditLedger>(new CreditLedger(std::move(impl), std::move(rules)));
 }
 

@@ -291,16 +291,8 @@ class IncentiveLedger::Impl {
       if (!s.ok()) return SqlError("prepare statement");
       s.Bind(1, r.account_id()).Bind(2, from_ns).Bind(3, to_ns).Bind(4, before_seq);
       s.Bind(5, int64_t{page_size} + 1);
-      int rc;
-      int64_t last_seq = 0;
-      while ((rc = s.Step()) == SQLITE_ROW) {
-        if (out.entries_size() == page_size) {
-          out.set_next_page_token(absl::StrCat(AVs(kTokenPrefix), last_seq));
-          break;
-        }
-        *out.add_entries() = ReadEntry(s);
-        last_seq = s.ColInt(14);
-      }
+      const int rc = infobank::ReadSeqPage(s, page_size, /*seq_col=*/14, kTokenPrefix, out,
+                                           [](SqliteStmt& row) { return ReadEntry(row); });
       if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError("statement");
       return absl::OkStatus();
     }();
@@ -323,13 +315,7 @@ class IncentiveLedger::Impl {
     return absl::InternalError(absl::StrCat(path_, ": ", AVs(what), ": ", sqlite3_errmsg(db_)));
   }
   absl::Status Exec(const char* sql) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    char* err = nullptr;
-    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-      std::string msg = err ? err : "unknown error";
-      sqlite3_free(err);
-      return absl::InternalError(absl::StrCat(path_, ": ", sql, ": ", msg));
-    }
-    return absl::OkStatus();
+    return infobank::ExecSql(db_, sql, [&] { return absl::StrCat(path_, ": ", sql); });
   }
 
   template <typename F>
@@ -452,19 +438,7 @@ absl::StatusOr<std::unique_ptr<IncentiveLedger>> IncentiveLedger::Open(const std
           absl::StrCat("incentives: loan_tier_by_level level ", level, " has an empty tier"));
     }
   }
-  if (int fd = ::open(db_path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600); fd >= 0) {
-    ::close(fd);
-  } else {
-    return absl::InternalError(absl::StrCat("cannot create ", db_path, ": ", std::strerror(errno)));
-  }
-  sqlite3* raw = nullptr;
-  if (sqlite3_open_v2(db_path.c_str(), &raw,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    std::string msg = raw ? sqlite3_errmsg(raw) : "out of memory";
-    sqlite3_close(raw);
-    return absl::InternalError(absl::StrCat("cannot open ", db_path, ": ", msg));
-  }
+  CITYOS_ASSIGN_OR_RETURN(sqlite3* raw, infobank::OpenPrivateSqlite(db_path));
   auto impl = std::make_unique<Impl>(raw, std::move(rules), clock, db_path);
   sqlite3_busy_timeout(raw, 10000);
   const char* schema =
@@ -484,12 +458,8 @@ absl::StatusOr<std::unique_ptr<IncentiveLedger>> IncentiveLedger::Open(const std
       "CREATE TABLE IF NOT EXISTS coupon_state(account_id TEXT NOT NULL,"
       "  month_start_ns INTEGER NOT NULL, credited_mg INTEGER NOT NULL, coupons INTEGER NOT NULL,"
       "  PRIMARY KEY(account_id, month_start_ns));";
-  char* err = nullptr;
-  if (sqlite3_exec(raw, schema, nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string msg = err ? err : "unknown error";
-    sqlite3_free(err);
-    return absl::InternalError(absl::StrCat("cannot initialise ", db_path, ": ", msg));
-  }
+  CITYOS_RETURN_IF_ERROR(infobank::ExecSql(
+      raw, schema, [&] { return absl::StrCat("cannot initialise ", db_path); }));
   return std::unique_ptr<IncentiveLedger>(new IncentiveLedger(std::move(impl)));
 }
 

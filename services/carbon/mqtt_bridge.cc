@@ -250,22 +250,26 @@ class MqttNetworkThread {
   void Run() {
     bool first = true, socket_ok = false, warned = false;
     absl::Duration delay = min_delay_;
+    // After a failed connect or loop: counts it, warns once per outage, waits
+    // `delay` and doubles it (up to max_delay_). True when asked to stop.
+    auto back_off = [&](const char* what, int rc) {
+      if (failures_ != nullptr) failures_->fetch_add(1);
+      if (!warned) {
+        LogWarn(kLog, what,
+                {{"host", host_}, {"port", std::to_string(port_)}, {"error", mosquitto_strerror(rc)}});
+        warned = true;
+      }
+      if (WaitStop(delay)) return true;
+      delay = std::min(delay * 2, max_delay_);
+      return false;
+    };
     while (!Stopping()) {
       if (!socket_ok) {
         int rc = first ? mosquitto_connect_async(m_, host_.c_str(), port_, keepalive_s_)
                        : mosquitto_reconnect_async(m_);
         first = false;
         if (rc != MOSQ_ERR_SUCCESS) {
-          if (failures_ != nullptr) failures_->fetch_add(1);
-          if (!warned) {
-            LogWarn(kLog, "broker not reachable; retrying with backoff",
-                    {{"host", host_},
-                     {"port", std::to_string(port_)},
-                     {"error", mosquitto_strerror(rc)}});
-            warned = true;
-          }
-          if (WaitStop(delay)) break;
-          delay = std::min(delay * 2, max_delay_);
+          if (back_off("broker not reachable; retrying with backoff", rc)) break;
           continue;
         }
         socket_ok = true;
@@ -278,16 +282,7 @@ class MqttNetworkThread {
       }
       if (rc != MOSQ_ERR_SUCCESS) {
         socket_ok = false;
-        if (failures_ != nullptr) failures_->fetch_add(1);
-        if (!warned) {
-          LogWarn(kLog, "connection to the broker failed; retrying with backoff",
-                  {{"host", host_},
-                   {"port", std::to_string(port_)},
-                   {"error", mosquitto_strerror(rc)}});
-          warned = true;
-        }
-        if (WaitStop(delay)) break;
-        delay = std::min(delay * 2, max_delay_);
+        if (back_off("connection to the broker failed; retrying with backoff", rc)) break;
       }
     }
     // Clean shutdown: send DISCONNECT and let the loop write it.

@@ -60,6 +60,16 @@ constexpr int kMaxPeriodsPerTick = 1000;
 class Stmt : public SqliteStmt {
  public:
   Stmt(sqlite3* db, const char* sql) : SqliteStmt(db, sql, "alarms.db") {}
+
+  // Steps to the next row and parses its column 0, a serialized alarm, into
+  // *a: false when no row remains, DATA_LOSS when the record does not parse.
+  absl::StatusOr<bool> NextAlarm(v1::Alarm* a) {
+    CITYOS_ASSIGN_OR_RETURN(bool row, Next());
+    if (row && !a->ParseFromString(ColBlob(0))) {
+      return absl::DataLossError("alarms.db: corrupt alarm record");
+    }
+    return row;
+  }
 };
 
 int64_t ToMicros(absl::Time t) { return absl::ToUnixMicros(t); }
@@ -256,12 +266,9 @@ absl::Status AlarmEngine::Load() {
   CITYOS_RETURN_IF_ERROR(s.status());
   s.Bind(1, int64_t{v1::ALARM_STATE_ACTIVE}).Bind(2, int64_t{v1::ALARM_STATE_ACKNOWLEDGED});
   while (true) {
-    CITYOS_ASSIGN_OR_RETURN(bool row, s.Next());
-    if (!row) break;
     v1::Alarm a;
-    if (!a.ParseFromString(s.ColBlob(0))) {
-      return absl::DataLossError("alarms.db: corrupt alarm record");
-    }
+    CITYOS_ASSIGN_OR_RETURN(bool row, s.NextAlarm(&a));
+    if (!row) break;
     open_[OpenKey(a.plan_id(), ToMicros(AlarmPeriodStart(a)), a.condition())] = std::move(a);
   }
   return absl::OkStatus();
@@ -296,12 +303,9 @@ absl::StatusOr<std::optional<v1::Alarm>> AlarmEngine::ReadAlarm(std::string_view
   Stmt s(db_, "SELECT proto FROM alarms WHERE alarm_id = ?1");
   CITYOS_RETURN_IF_ERROR(s.status());
   s.Bind(1, id);
-  CITYOS_ASSIGN_OR_RETURN(bool row, s.Next());
-  if (!row) return std::nullopt;
   v1::Alarm a;
-  if (!a.ParseFromString(s.ColBlob(0))) {
-    return absl::DataLossError("alarms.db: corrupt alarm record");
-  }
+  CITYOS_ASSIGN_OR_RETURN(bool row, s.NextAlarm(&a));
+  if (!row) return std::nullopt;
   return a;
 }
 
@@ -782,12 +786,9 @@ absl::StatusOr<v1::ListAlarmsResponse> AlarmEngine::ListAlarms(
       .Bind(5, cursor_us)
       .Bind(6, cursor_id);
   while (true) {
-    CITYOS_ASSIGN_OR_RETURN(bool row, s.Next());
-    if (!row) break;
     v1::Alarm a;
-    if (!a.ParseFromString(s.ColBlob(0))) {
-      return absl::DataLossError("alarms.db: corrupt alarm record");
-    }
+    CITYOS_ASSIGN_OR_RETURN(bool row, s.NextAlarm(&a));
+    if (!row) break;
     if (!r.account_id().empty() &&
         (a.account_id().empty() || !source_->Covers(r.account_id(), false, a.account_id()))) {
       continue;

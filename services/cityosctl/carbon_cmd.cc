@@ -123,26 +123,6 @@ E ParseEnum(const std::string& flag, const std::string& text,
   return v;
 }
 
-void Table(std::ostream& out, const std::vector<std::string>& header,
-           const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> w(header.size());
-  for (size_t i = 0; i < header.size(); ++i) w[i] = header[i].size();
-  for (const auto& r : rows) {
-    for (size_t i = 0; i < r.size() && i < w.size(); ++i)
-      w[i] = std::max(w[i], r[i].size());
-  }
-  auto line = [&](const std::vector<std::string>& r) {
-    std::string s;
-    for (size_t i = 0; i < r.size(); ++i) {
-      s += r[i];
-      if (i + 1 < r.size()) s += std::string(w[i] - r[i].size() + 2, ' ');
-    }
-    out << s << "\n";
-  };
-  line(header);
-  for (const auto& r : rows) line(r);
-}
-
 json ToJson(const google::protobuf::Message& m) {
   google::protobuf::util::JsonPrintOptions opts;
   opts.preserve_proto_field_names = true;
@@ -526,7 +506,7 @@ class CarbonCli final : public CarbonCommands {
                       Dash(a.org()), Dash(a.industry_code()), Dash(a.region()),
                       Dash(a.name())});
     }
-    Table(out, {"ID", "KIND", "ORG", "INDUSTRY", "REGION", "NAME"}, rows);
+    PrintTable(out, {"ID", "KIND", "ORG", "INDUSTRY", "REGION", "NAME"}, rows);
   }
   void Account(std::ostream& out) {
     v1::GetAccountRequest req;
@@ -569,7 +549,7 @@ class CarbonCli final : public CarbonCommands {
     if (AsJson(out, r)) return;
     std::vector<std::vector<std::string>> rows;
     for (const auto& t : r.totals()) rows.push_back(TotalRow(t));
-    Table(out, TotalHeader(), rows);
+    PrintTable(out, TotalHeader(), rows);
   }
   void Regions(std::ostream& out) {
     v1::GetRegionEmissionsRequest req;
@@ -594,7 +574,7 @@ class CarbonCli final : public CarbonCommands {
     std::vector<std::string> header = {"REGION", "NAME"};
     for (const std::string& h : TotalHeader()) header.push_back(h);
     header.push_back("CREDITED_G");
-    Table(out, header, rows);
+    PrintTable(out, header, rows);
   }
   void Industries(std::ostream& out) {
     v1::GetIndustryEmissionsRequest req;
@@ -619,7 +599,7 @@ class CarbonCli final : public CarbonCommands {
     }
     std::vector<std::string> header = {"INDUSTRY", "ENTERPRISES"};
     for (const std::string& h : TotalHeader()) header.push_back(h);
-    Table(out, header, rows);
+    PrintTable(out, header, rows);
   }
   void Ranking(std::ostream& out) {
     v1::GetRankingRequest req;
@@ -641,7 +621,7 @@ class CarbonCli final : public CarbonCommands {
       rows.push_back({std::to_string(e.rank()), e.id(), Dash(e.name()),
                       Fmt(e.value(), 4), Dash(e.unit())});
     }
-    Table(out, {"RANK", "ID", "NAME", "VALUE", "UNIT"}, rows);
+    PrintTable(out, {"RANK", "ID", "NAME", "VALUE", "UNIT"}, rows);
     out << r.ranked() << " ranked\n";
   }
   static std::vector<std::string> PlanRow(const v1::Plan& p) {
@@ -667,7 +647,7 @@ class CarbonCli final : public CarbonCommands {
     if (AsJson(out, r)) return;
     std::vector<std::vector<std::string>> rows;
     for (const auto& p : r.plans()) rows.push_back(PlanRow(p));
-    Table(out,
+    PrintTable(out,
           {"ID", "TARGET", "PERIOD", "MIN_KG", "MAX_KG", "HYST", "PROJ", "VER",
            "FROM", "TO"},
           rows);
@@ -730,7 +710,7 @@ class CarbonCli final : public CarbonCommands {
     if (AsJson(out, all)) return;
     std::vector<std::vector<std::string>> rows;
     for (const auto& a : all.alarms()) rows.push_back(AlarmRow(a));
-    Table(out, AlarmHeader(), rows);
+    PrintTable(out, AlarmHeader(), rows);
   }
   void Ack(std::ostream& out) {
     v1::AcknowledgeAlarmRequest req;
@@ -838,7 +818,7 @@ class CarbonCli final : public CarbonCommands {
                       Fmt(g.k(), 4), Fmt(g.intensity(), 4),
                       Fmt(g.benchmark(), 4), Ts(g.period().start())});
     }
-    Table(
+    PrintTable(
         out,
         {"ACCOUNT", "LEVEL", "COLOUR", "K", "INTENSITY", "BENCHMARK", "PERIOD"},
         rows);
@@ -864,7 +844,7 @@ class CarbonCli final : public CarbonCommands {
            Short(v1::IncentiveKind_Name(e.kind()), "INCENTIVE_KIND_"), what,
            Dash(e.reverses_entry_id()), Dash(e.description())});
     }
-    Table(out, {"TIME", "KIND", "VALUE", "REVERSES", "DESCRIPTION"}, rows);
+    PrintTable(out, {"TIME", "KIND", "VALUE", "REVERSES", "DESCRIPTION"}, rows);
   }
   void Report(std::ostream& out) {
     v1::GetMonthlyReportRequest req;
@@ -909,7 +889,7 @@ class CarbonCli final : public CarbonCommands {
                       f.unit(), Dash(f.tariff_id()), Ts(f.valid().start()),
                       Ts(f.valid().end()), f.source()});
     }
-    Table(out,
+    PrintTable(out,
           {"ID", "KIND", "KEY", "REGION", "VINTAGE", "VALUE", "UNIT", "TARIFF",
            "FROM", "TO", "SOURCE"},
           rows);
@@ -1010,7 +990,7 @@ class CarbonCli final : public CarbonCommands {
            absl::StrCat(q.reading().value(), " ", q.reading().unit()),
            q.detail()});
     }
-    Table(out, {"RECEIVED", "METER", "REASON", "VALUE", "DETAIL"}, rows);
+    PrintTable(out, {"RECEIVED", "METER", "REASON", "VALUE", "DETAIL"}, rows);
   }
   void Credits(std::ostream& out) {
     v1::ListGreenCreditsRequest req;
@@ -1035,7 +1015,7 @@ class CarbonCli final : public CarbonCommands {
                       Fmt(c.credited_g()), c.capped() ? "yes" : "no",
                       c.source_transaction_id()});
     }
-    Table(out, {"TIME", "BEHAVIOUR", "QUANTITY", "CREDITED_G", "CAPPED", "TXN"},
+    PrintTable(out, {"TIME", "BEHAVIOUR", "QUANTITY", "CREDITED_G", "CAPPED", "TXN"},
           rows);
     out << "total " << Fmt(all.total_g()) << " g CO2\n";
   }

@@ -35,6 +35,26 @@
 #endif
 
 namespace cityos::ctl {
+
+void PrintTable(std::ostream& out, const std::vector<std::string>& header,
+                const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> w(header.size());
+  for (size_t i = 0; i < header.size(); ++i) w[i] = header[i].size();
+  for (const auto& r : rows)
+    for (size_t i = 0; i < r.size() && i < w.size(); ++i)
+      w[i] = std::max(w[i], r[i].size());
+  auto line = [&](const std::vector<std::string>& r) {
+    std::string s;
+    for (size_t i = 0; i < r.size(); ++i) {
+      s += r[i];
+      if (i + 1 < r.size()) s += std::string(w[i] - r[i].size() + 2, ' ');
+    }
+    out << s << "\n";
+  };
+  line(header);
+  for (const auto& r : rows) line(r);
+}
+
 namespace {
 
 using json = nlohmann::json;
@@ -156,26 +176,6 @@ json ToJson(const google::protobuf::Message& m) {
 }
 
 void PrintJson(std::ostream& out, const json& j) { out << j.dump(2) << "\n"; }
-
-// A plain text table: columns padded to the widest cell.
-void PrintTable(std::ostream& out, const std::vector<std::string>& header,
-                const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> w(header.size());
-  for (size_t i = 0; i < header.size(); ++i) w[i] = header[i].size();
-  for (const auto& r : rows)
-    for (size_t i = 0; i < r.size() && i < w.size(); ++i)
-      w[i] = std::max(w[i], r[i].size());
-  auto line = [&](const std::vector<std::string>& r) {
-    std::string s;
-    for (size_t i = 0; i < r.size(); ++i) {
-      s += r[i];
-      if (i + 1 < r.size()) s += std::string(w[i] - r[i].size() + 2, ' ');
-    }
-    out << s << "\n";
-  };
-  line(header);
-  for (const auto& r : rows) line(r);
-}
 
 std::string FormatTs(const google::protobuf::Timestamp& t) {
   if (t.seconds() == 0 && t.nanos() == 0) return "-";

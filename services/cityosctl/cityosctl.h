@@ -22,6 +22,7 @@
 #include <memory>
 #include <ostream>
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 
@@ -43,6 +44,11 @@ int Run(int argc, char** argv, std::ostream& out, std::ostream& err);
 //   anything else                   "<CODE>: ..."
 std::string DescribeRpcError(const std::string& endpoint,
                              const grpc::Status& status);
+
+// Prints a plain text table: `header`, then `rows`, columns padded to the
+// widest cell with two spaces between them (shared by carbon_cmd.cc).
+void PrintTable(std::ostream& out, const std::vector<std::string>& header,
+                const std::vector<std::vector<std::string>>& rows);
 
 // Cancels the streaming call in progress (topics tail), if any. Safe to call
 // from another thread (main.cc's signal thread). Returns false if there was

@@ -177,16 +177,8 @@ class SqliteBenefitLedger final : public BenefitLedger {
       s.Bind(3, to_ns);
       s.Bind(4, before_seq);
       s.Bind(5, page_size + 1);
-      int rc;
-      int64_t last_seq = 0;
-      while ((rc = s.Step()) == SQLITE_ROW) {
-        if (out.entries_size() == page_size) {
-          out.set_next_page_token(absl::StrCat(AVs(kTokenPrefix), last_seq));
-          break;
-        }
-        *out.add_entries() = ReadEntry(s);
-        last_seq = s.ColInt(13);
-      }
+      const int rc = infobank::ReadSeqPage(s, page_size, /*seq_col=*/13, kTokenPrefix, out,
+                                           [](SqliteStmt& row) { return ReadEntry(row); });
       if (rc != SQLITE_ROW && rc != SQLITE_DONE) return SqlError("statement");
       return absl::OkStatus();
     }();
@@ -200,13 +192,7 @@ class SqliteBenefitLedger final : public BenefitLedger {
     return absl::InternalError(absl::StrCat(path_, ": ", AVs(what), ": ", sqlite3_errmsg(db_)));
   }
   absl::Status Exec(const char* sql) {
-    char* err = nullptr;
-    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-      std::string msg = err ? err : "unknown error";
-      sqlite3_free(err);
-      return absl::InternalError(absl::StrCat(path_, ": ", sql, ": ", msg));
-    }
-    return absl::OkStatus();
+    return infobank::ExecSql(db_, sql, [&] { return absl::StrCat(path_, ": ", sql); });
   }
 
   absl::StatusOr<std::optional<std::pair<BenefitEntry, std::string>>> FindByKey(
@@ -317,19 +303,7 @@ absl::StatusOr<std::unique_ptr<BenefitLedger>> BenefitLedger::Open(const std::st
   }
   // Who got points for what is personal data too: create the file 0600
   // before SQLite does (it would use the umask); WAL and shm files follow it.
-  if (int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600); fd >= 0) {
-    ::close(fd);
-  } else {
-    return absl::InternalError(absl::StrCat("cannot create ", path, ": ", std::strerror(errno)));
-  }
-  sqlite3* raw = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &raw,
-                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                      nullptr) != SQLITE_OK) {
-    std::string msg = raw ? sqlite3_errmsg(raw) : "out of memory";
-    sqlite3_close(raw);
-    return absl::InternalError(absl::StrCat("cannot open ", path, ": ", msg));
-  }
+  CITYOS_ASSIGN_OR_RETURN(sqlite3* raw, infobank::OpenPrivateSqlite(path));
   std::unique_ptr<sqlite3, int (*)(sqlite3*)> db(raw, sqlite3_close);
   sqlite3_busy_timeout(raw, 10000);
   // The UNIQUE constraint on idempotency_key is what makes a provision pay
@@ -347,12 +321,8 @@ absl::StatusOr<std::unique_ptr<BenefitLedger>> BenefitLedger::Open(const std::st
       "  consent_id TEXT NOT NULL, rule_id TEXT NOT NULL, reverses_entry_id TEXT NOT NULL,"
       "  description TEXT NOT NULL);"
       "CREATE INDEX IF NOT EXISTS entries_by_subject ON entries(data_subject, seq);";
-  char* err = nullptr;
-  if (sqlite3_exec(raw, schema, nullptr, nullptr, &err) != SQLITE_OK) {
-    std::string msg = err ? err : "unknown error";
-    sqlite3_free(err);
-    return absl::InternalError(absl::StrCat("cannot initialise ", path, ": ", msg));
-  }
+  CITYOS_RETURN_IF_ERROR(infobank::ExecSql(
+      raw, schema, [&] { return absl::StrCat("cannot initialise ", path); }));
   return std::unique_ptr<BenefitLedger>(
       new SqliteBenefitLedger(db.release(), std::move(rules), clock, path));
 }

@@ -1,13 +1,20 @@
-// A prepared SQLite statement, finalized on scope exit: the one statement
-// wrapper shared by the infobank stores (consent store, personal data store,
-// benefits ledger). libcityos/src/store/sqlite.h is internal to libcityos.
+// SQLite helpers shared by the infobank stores (consent store, personal data
+// store, benefits ledger) and, header-only, by the carbon account's personal
+// ledgers (services/carbon/credits.cc, incentives.cc): a prepared statement
+// wrapper, opening a private (0600) database and reading one page of a
+// statement ordered by seq. libcityos/src/store/sqlite.h is internal to
+// libcityos.
 #ifndef CITYOS_SERVICES_INFOBANK_SQLITE_UTIL_H_
 #define CITYOS_SERVICES_INFOBANK_SQLITE_UTIL_H_
 
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <string_view>
 
@@ -84,6 +91,65 @@ class SqliteStmt {
   sqlite3_stmt* stmt_ = nullptr;
   int rc_;
 };
+
+// Opens (creating it if need be) the SQLite database at `path` for reading
+// and writing, serialized (SQLITE_OPEN_FULLMUTEX). A database holding personal
+// data is created 0600 here before SQLite would create it with the umask; its
+// WAL and shm files follow its mode. The caller owns the handle
+// (sqlite3_close).
+inline absl::StatusOr<sqlite3*> OpenPrivateSqlite(const std::string& path) {
+  if (int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600); fd >= 0) {
+    ::close(fd);
+  } else {
+    return absl::InternalError(absl::StrCat("cannot create ", path, ": ", std::strerror(errno)));
+  }
+  sqlite3* raw = nullptr;
+  if (sqlite3_open_v2(path.c_str(), &raw,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
+                      nullptr) != SQLITE_OK) {
+    std::string msg = raw ? sqlite3_errmsg(raw) : "out of memory";
+    sqlite3_close(raw);
+    return absl::InternalError(absl::StrCat("cannot open ", path, ": ", msg));
+  }
+  return raw;
+}
+
+// Runs `sql` (statements that return no rows). On failure an INTERNAL status
+// "<context()>: <SQLite's message>"; `context` is called only then.
+template <typename Context>
+absl::Status ExecSql(sqlite3* db, const char* sql, Context context) {
+  char* err = nullptr;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    return absl::InternalError(absl::StrCat(context(), ": ", msg));
+  }
+  return absl::OkStatus();
+}
+
+// Reads one page of a statement: `s` selects rows in descending
+// `seq` order with LIMIT page_size + 1, and column `seq_col` is the seq. Adds
+// up to `page_size` rows to `out` (read_row(s) converts one; `out` is a
+// response with repeated `entries` and `next_page_token`); when a further row
+// exists, sets next_page_token to `token_prefix` followed by the seq of the
+// last row added. Returns the last sqlite3_step result: SQLITE_ROW or
+// SQLITE_DONE, anything else is an error.
+template <typename Page, typename ReadRow>
+int ReadSeqPage(SqliteStmt& s, int page_size, int seq_col, std::string_view token_prefix,
+                Page& out, ReadRow read_row) {
+  int rc;
+  int64_t last_seq = 0;
+  while ((rc = s.Step()) == SQLITE_ROW) {
+    if (out.entries_size() == page_size) {
+      out.set_next_page_token(
+          absl::StrCat(absl::string_view(token_prefix.data(), token_prefix.size()), last_seq));
+      break;
+    }
+    *out.add_entries() = read_row(s);
+    last_seq = s.ColInt(seq_col);
+  }
+  return rc;
+}
 
 }  // namespace cityos::infobank
 

@@ -426,15 +426,27 @@ MqttBridgeOptions BridgeOptions(int port, const std::string& client_id) {
   return o;
 }
 
+// Starts a bridge and waits until it has subscribed, so that what is
+// published from then on reaches it.
+absl::StatusOr<std::unique_ptr<MqttBridge>> StartSubscribed(MqttBridgeOptions o,
+                                                            MqttBridge::Sink sink,
+                                                            MqttBridge::RejectHook hook = nullptr) {
+  auto bridge = MqttBridge::Start(std::move(o), std::move(sink), std::move(hook));
+  if (!bridge.ok()) return bridge.status();
+  if (!WaitUntil([&] { return (*bridge)->stats().subscriptions >= 1; })) {
+    return absl::DeadlineExceededError("the bridge did not subscribe");
+  }
+  return bridge;
+}
+
 TEST(MqttBridgeBroker, ValidReadingsFlowAndBadOnesAreRejected) {
   TempDir dir;
   Broker broker(dir, FreePort());
   ASSERT_TRUE(broker.Start());
   Collector got;
   auto bridge =
-      MqttBridge::Start(BridgeOptions(broker.port(), "bridge-e2e"), got.Sink(), got.Hook());
+      StartSubscribed(BridgeOptions(broker.port(), "bridge-e2e"), got.Sink(), got.Hook());
   ASSERT_TRUE(bridge.ok()) << bridge.status();
-  ASSERT_TRUE(WaitUntil([&] { return (*bridge)->stats().subscriptions >= 1; }));
 
   ASSERT_TRUE(
       Pub(broker.port(), "cityos/meters/quzhou/kecheng/qz-steel/site-1/line-1/m-elec", kGood));
@@ -557,9 +569,8 @@ TEST(MqttBridgeBroker, PublisherReadingsArriveUnchanged) {
   ASSERT_TRUE(broker.Start());
   Collector got;
   auto bridge =
-      MqttBridge::Start(BridgeOptions(broker.port(), "bridge-pub"), got.Sink(), got.Hook());
+      StartSubscribed(BridgeOptions(broker.port(), "bridge-pub"), got.Sink(), got.Hook());
   ASSERT_TRUE(bridge.ok()) << bridge.status();
-  ASSERT_TRUE(WaitUntil([&] { return (*bridge)->stats().subscriptions >= 1; }));
 
   MqttMeterPublisher::Options po;
   po.port = broker.port();
@@ -601,13 +612,12 @@ TEST(MqttBridgeBroker, SinkFailuresAreCountedNotPublished) {
   Broker broker(dir, FreePort());
   ASSERT_TRUE(broker.Start());
   std::atomic<int> calls{0};
-  auto bridge = MqttBridge::Start(BridgeOptions(broker.port(), "bridge-sinkfail"),
-                                  [&](std::vector<event::v1::Event> events) {
-                                    calls.fetch_add(1);
-                                    return absl::PermissionDeniedError("bus says no");
-                                  });
+  auto bridge = StartSubscribed(BridgeOptions(broker.port(), "bridge-sinkfail"),
+                                [&](std::vector<event::v1::Event> events) {
+                                  calls.fetch_add(1);
+                                  return absl::PermissionDeniedError("bus says no");
+                                });
   ASSERT_TRUE(bridge.ok()) << bridge.status();
-  ASSERT_TRUE(WaitUntil([&] { return (*bridge)->stats().subscriptions >= 1; }));
   ASSERT_TRUE(Pub(broker.port(), "cityos/meters/quzhou/kecheng/m-1", kGood));
   ASSERT_TRUE(Pub(broker.port(), "cityos/meters/quzhou/kecheng/m-2", kGood));
   ASSERT_TRUE(WaitUntil([&] { return (*bridge)->stats().sink_failures >= 2; }));
@@ -639,9 +649,8 @@ TEST(MqttBridgeBroker, AuthenticatesWithUsernameAndPasswordFile) {
   MqttBridgeOptions o = BridgeOptions(broker.port(), "bridge-auth");
   o.username = "bridge";
   o.password_file = pw;
-  auto bridge = MqttBridge::Start(o, got.Sink(), got.Hook());
+  auto bridge = StartSubscribed(o, got.Sink(), got.Hook());
   ASSERT_TRUE(bridge.ok()) << bridge.status();
-  ASSERT_TRUE(WaitUntil([&] { return (*bridge)->stats().subscriptions >= 1; }));
 
   // A wrong password is refused by the broker: never connected.
   const std::string bad = dir.File("bad.password");
@@ -709,9 +718,8 @@ TEST(MqttBridgeBroker, ConnectsOverTlsWithAClientCertificate) {
   o.ca_file = dir.File("ca.pem");
   o.cert_file = dir.File("client.pem");
   o.key_file = dir.File("client.key");
-  auto bridge = MqttBridge::Start(o, got.Sink(), got.Hook());
+  auto bridge = StartSubscribed(o, got.Sink(), got.Hook());
   ASSERT_TRUE(bridge.ok()) << bridge.status();
-  ASSERT_TRUE(WaitUntil([&] { return (*bridge)->stats().subscriptions >= 1; }));
 
   MqttMeterPublisher::Options po;
   po.port = broker.port();

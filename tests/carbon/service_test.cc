@@ -197,6 +197,18 @@ class CarbonServiceTest : public ExchangeNodeTest {
     return cv1::CarbonAccountService::NewStub(c.channel);
   }
 
+  using Stub = cv1::CarbonAccountService::Stub;
+  // One unary call of the carbon account service as `c`, with the default
+  // deadline: Call(*steel_, &Stub::SetPlan, req, &resp).
+  template <typename Req, typename Resp>
+  static grpc::Status Call(Client& c,
+                           grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
+                           const Req& req, Resp* resp) {
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    return (Carbon(c).get()->*method)(&ctx, req, resp);
+  }
+
   // quzhou-steel (C3110, Kecheng) with a site, a line and an electricity
   // meter; quzhou-cement (C3011, Qujiang).
   void CreateSteel() {
@@ -242,9 +254,7 @@ class CarbonServiceTest : public ExchangeNodeTest {
     cv1::CreateAccountRequest req;
     *req.mutable_account() = a;
     cv1::CreateAccountResponse resp;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    return Carbon(c)->CreateAccount(&ctx, req, &resp);
+    return Call(c, &Stub::CreateAccount, req, &resp);
   }
 
   // A MeterReading event as the grid operator publishes it.
@@ -294,9 +304,7 @@ class CarbonServiceTest : public ExchangeNodeTest {
     SetTimestamp(from, req.mutable_range()->mutable_start());
     SetTimestamp(to, req.mutable_range()->mutable_end());
     req.set_as_reported(as_reported);
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    return Carbon(c)->GetEmissions(&ctx, req, resp);
+    return Call(c, &Stub::GetEmissions, req, resp);
   }
 
   static double TotalKg(const cv1::GetEmissionsResponse& r) {
@@ -389,9 +397,7 @@ TEST_F(CarbonServiceTest,
   SetTimestamp(end, lr.mutable_range()->mutable_end());
   cv1::ListEmissionRecordsResponse records;
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    grpc::Status s = Carbon(*steel_)->ListEmissionRecords(&ctx, lr, &records);
+    grpc::Status s = Call(*steel_, &Stub::ListEmissionRecords, lr, &records);
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
   ASSERT_EQ(records.records_size(), 1);
@@ -411,10 +417,8 @@ TEST_F(CarbonServiceTest,
   while (absl::Now() < deadline) {
     cv1::ListQuarantinedReadingsRequest qr;
     qr.set_account_id("quzhou-steel");
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     q.Clear();
-    grpc::Status s = Carbon(*steel_)->ListQuarantinedReadings(&ctx, qr, &q);
+    grpc::Status s = Call(*steel_, &Stub::ListQuarantinedReadings, qr, &q);
     ASSERT_TRUE(s.ok()) << s.error_message();
     if (q.readings_size() >= 1) break;
     absl::SleepFor(absl::Milliseconds(20));
@@ -426,10 +430,8 @@ TEST_F(CarbonServiceTest,
   {
     cv1::ListQuarantinedReadingsRequest all;
     cv1::ListQuarantinedReadingsResponse resp;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     EXPECT_EQ(
-        Carbon(*steel_)->ListQuarantinedReadings(&ctx, all, &resp).error_code(),
+        Call(*steel_, &Stub::ListQuarantinedReadings, all, &resp).error_code(),
         grpc::StatusCode::PERMISSION_DENIED);
   }
   bool ghost = false;
@@ -437,10 +439,8 @@ TEST_F(CarbonServiceTest,
   while (!ghost && absl::Now() < deadline2) {
     cv1::ListQuarantinedReadingsRequest all;
     cv1::ListQuarantinedReadingsResponse resp;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     ASSERT_TRUE(
-        Carbon(*viewer_)->ListQuarantinedReadings(&ctx, all, &resp).ok());
+        Call(*viewer_, &Stub::ListQuarantinedReadings, all, &resp).ok());
     for (const auto& r : resp.readings()) {
       if (r.reason() == cv1::QUARANTINE_REASON_UNKNOWN_METER &&
           r.reading().meter_id() == "quzhou-steel/m-ghost") {
@@ -527,10 +527,8 @@ TEST_F(CarbonServiceTest, IndividualCreditsOnlyWithConsent) {
   while (absl::Now() < deadline) {
     cv1::ListGreenCreditsRequest req;
     req.set_account_id("person/alice");
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     credits.Clear();
-    last = Carbon(alice)->ListGreenCredits(&ctx, req, &credits);
+    last = Call(alice, &Stub::ListGreenCredits, req, &credits);
     if (last.ok() && credits.credits_size() >= 1) break;
     absl::SleepFor(absl::Milliseconds(20));
   }
@@ -547,9 +545,7 @@ TEST_F(CarbonServiceTest, IndividualCreditsOnlyWithConsent) {
     cv1::GetAccountRequest req;
     req.set_account_id("person/bob");
     cv1::GetAccountResponse resp;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    EXPECT_EQ(Carbon(*admin_c_)->GetAccount(&ctx, req, &resp).error_code(),
+    EXPECT_EQ(Call(*admin_c_, &Stub::GetAccount, req, &resp).error_code(),
               grpc::StatusCode::NOT_FOUND);
   }
   // A person reads only their own account.
@@ -557,9 +553,7 @@ TEST_F(CarbonServiceTest, IndividualCreditsOnlyWithConsent) {
     cv1::ListGreenCreditsRequest req;
     req.set_account_id("person/alice");
     cv1::ListGreenCreditsResponse resp;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    EXPECT_EQ(Carbon(bob)->ListGreenCredits(&ctx, req, &resp).error_code(),
+    EXPECT_EQ(Call(bob, &Stub::ListGreenCredits, req, &resp).error_code(),
               grpc::StatusCode::NOT_FOUND);
   }
   // The individual account is alice's.
@@ -588,16 +582,12 @@ TEST_F(CarbonServiceTest, AlarmIsWatchedAndAcknowledgedByItsEnterpriseOnly) {
   cv1::SetPlanResponse plan;
   {
     // Another enterprise may not budget steel's account.
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     cv1::SetPlanResponse r;
-    EXPECT_EQ(Carbon(*cement_)->SetPlan(&ctx, sp, &r).error_code(),
+    EXPECT_EQ(Call(*cement_, &Stub::SetPlan, sp, &r).error_code(),
               grpc::StatusCode::NOT_FOUND);
   }
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    grpc::Status s = Carbon(*steel_)->SetPlan(&ctx, sp, &plan);
+    grpc::Status s = Call(*steel_, &Stub::SetPlan, sp, &plan);
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
   // The enterprise watches its alarms; the city's operators watch the bus.
@@ -653,33 +643,25 @@ TEST_F(CarbonServiceTest, AlarmIsWatchedAndAcknowledgedByItsEnterpriseOnly) {
   ack.set_alarm_id(raised.alarm_id());
   ack.set_note("furnace 2 load shed");
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     cv1::AcknowledgeAlarmResponse r;
-    EXPECT_EQ(Carbon(*cement_)->AcknowledgeAlarm(&ctx, ack, &r).error_code(),
+    EXPECT_EQ(Call(*cement_, &Stub::AcknowledgeAlarm, ack, &r).error_code(),
               grpc::StatusCode::NOT_FOUND);
   }
   {
     cv1::ListAlarmsRequest lr;
     cv1::ListAlarmsResponse r;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    ASSERT_TRUE(Carbon(*cement_)->ListAlarms(&ctx, lr, &r).ok());
+    ASSERT_TRUE(Call(*cement_, &Stub::ListAlarms, lr, &r).ok());
     EXPECT_EQ(r.alarms_size(), 0);
   }
   // A viewer sees it but may not acknowledge it.
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     cv1::AcknowledgeAlarmResponse r;
-    EXPECT_EQ(Carbon(*viewer_)->AcknowledgeAlarm(&ctx, ack, &r).error_code(),
+    EXPECT_EQ(Call(*viewer_, &Stub::AcknowledgeAlarm, ack, &r).error_code(),
               grpc::StatusCode::PERMISSION_DENIED);
   }
   cv1::AcknowledgeAlarmResponse acked;
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    grpc::Status s = Carbon(*steel_)->AcknowledgeAlarm(&ctx, ack, &acked);
+    grpc::Status s = Call(*steel_, &Stub::AcknowledgeAlarm, ack, &acked);
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
   EXPECT_EQ(acked.alarm().state(), cv1::ALARM_STATE_ACKNOWLEDGED);
@@ -728,9 +710,7 @@ TEST_F(CarbonServiceTest, ViewerSeesRegionsEnterprisesOnlyTheirOwnAccounts) {
   rr.set_include_subregions(true);
   cv1::GetRegionEmissionsResponse regions;
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    grpc::Status s = Carbon(*viewer_)->GetRegionEmissions(&ctx, rr, &regions);
+    grpc::Status s = Call(*viewer_, &Stub::GetRegionEmissions, rr, &regions);
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
   ASSERT_EQ(regions.regions_size(), 3);  // the city, then Kecheng and Qujiang
@@ -742,18 +722,14 @@ TEST_F(CarbonServiceTest, ViewerSeesRegionsEnterprisesOnlyTheirOwnAccounts) {
   EXPECT_EQ(regions.regions(2).region(), "CN-ZJ-QZ-QJ");
   EXPECT_NEAR(regions.regions(2).totals(0).total_kg(), 0, 1e-9);
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     cv1::GetRegionEmissionsResponse r;
-    EXPECT_EQ(Carbon(*steel_)->GetRegionEmissions(&ctx, rr, &r).error_code(),
+    EXPECT_EQ(Call(*steel_, &Stub::GetRegionEmissions, rr, &r).error_code(),
               grpc::StatusCode::PERMISSION_DENIED);
   }
   {
     rr.set_region("XX-NOWHERE");
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     cv1::GetRegionEmissionsResponse r;
-    EXPECT_EQ(Carbon(*viewer_)->GetRegionEmissions(&ctx, rr, &r).error_code(),
+    EXPECT_EQ(Call(*viewer_, &Stub::GetRegionEmissions, rr, &r).error_code(),
               grpc::StatusCode::INVALID_ARGUMENT);
   }
   // Ranking of the city's districts by total.
@@ -766,9 +742,7 @@ TEST_F(CarbonServiceTest, ViewerSeesRegionsEnterprisesOnlyTheirOwnAccounts) {
     SetTimestamp(DayStart(start) + absl::Hours(24),
                  req.mutable_period()->mutable_end());
     cv1::GetRankingResponse resp;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    grpc::Status s = Carbon(*viewer_)->GetRanking(&ctx, req, &resp);
+    grpc::Status s = Call(*viewer_, &Stub::GetRanking, req, &resp);
     ASSERT_TRUE(s.ok()) << s.error_message();
     ASSERT_GE(resp.entries_size(), 1);
     EXPECT_EQ(resp.entries(0).id(), "CN-ZJ-QZ-KC");
@@ -777,9 +751,7 @@ TEST_F(CarbonServiceTest, ViewerSeesRegionsEnterprisesOnlyTheirOwnAccounts) {
   {
     cv1::ListAccountsRequest req;
     cv1::ListAccountsResponse resp;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    ASSERT_TRUE(Carbon(*cement_)->ListAccounts(&ctx, req, &resp).ok());
+    ASSERT_TRUE(Call(*cement_, &Stub::ListAccounts, req, &resp).ok());
     ASSERT_EQ(resp.accounts_size(), 1);
     EXPECT_EQ(resp.accounts(0).account_id(), "quzhou-cement");
   }
@@ -850,10 +822,8 @@ class CarbonMonthTest : public CarbonServiceTest {
       cv1::GetGradeRequest req;
       req.set_account_id("quzhou-steel");
       SetTimestamp(from_ + absl::Hours(24), req.mutable_period_time());
-      grpc::ClientContext ctx;
-      Deadline(&ctx);
       resp.Clear();
-      grpc::Status s = Carbon(*steel_)->GetGrade(&ctx, req, &resp);
+      grpc::Status s = Call(*steel_, &Stub::GetGrade, req, &resp);
       if (s.ok() && resp.grade().restatement_id() == restatement_id)
         return resp.grade();
       absl::SleepFor(absl::Milliseconds(20));
@@ -873,9 +843,7 @@ class CarbonMonthTest : public CarbonServiceTest {
     req.set_format(f);
     req.set_as_reported(as_reported);
     cv1::GetMonthlyReportResponse resp;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    grpc::Status s = Carbon(*steel_)->GetMonthlyReport(&ctx, req, &resp);
+    grpc::Status s = Call(*steel_, &Stub::GetMonthlyReport, req, &resp);
     EXPECT_TRUE(s.ok()) << s.error_message();
     return resp;
   }
@@ -950,16 +918,12 @@ TEST_F(CarbonMonthTest, RestatementRecomputesFiguresGradeAndLoanTier) {
   SetTimestamp(from_, f->mutable_valid()->mutable_start());
   cv1::AddEmissionFactorResponse added;
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     cv1::AddEmissionFactorResponse r;
-    EXPECT_EQ(Carbon(*steel_)->AddEmissionFactor(&ctx, af, &r).error_code(),
+    EXPECT_EQ(Call(*steel_, &Stub::AddEmissionFactor, af, &r).error_code(),
               grpc::StatusCode::PERMISSION_DENIED);
   }
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    grpc::Status s = Carbon(*admin_c_)->AddEmissionFactor(&ctx, af, &added);
+    grpc::Status s = Call(*admin_c_, &Stub::AddEmissionFactor, af, &added);
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
   // Existing figures keep their factor until restated.
@@ -975,18 +939,14 @@ TEST_F(CarbonMonthTest, RestatementRecomputesFiguresGradeAndLoanTier) {
   SetTimestamp(to_, rr.mutable_period()->mutable_end());
   rr.set_reason("district factor notice");
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     cv1::RequestRestatementResponse r;
-    EXPECT_EQ(Carbon(*steel_)->RequestRestatement(&ctx, rr, &r).error_code(),
+    EXPECT_EQ(Call(*steel_, &Stub::RequestRestatement, rr, &r).error_code(),
               grpc::StatusCode::PERMISSION_DENIED);
   }
   cv1::RequestRestatementResponse requested;
   {
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
     grpc::Status s =
-        Carbon(*admin_c_)->RequestRestatement(&ctx, rr, &requested);
+        Call(*admin_c_, &Stub::RequestRestatement, rr, &requested);
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
   cv1::Restatement r;
@@ -995,9 +955,7 @@ TEST_F(CarbonMonthTest, RestatementRecomputesFiguresGradeAndLoanTier) {
     cv1::GetRestatementRequest req;
     req.set_restatement_id(requested.restatement().restatement_id());
     cv1::GetRestatementResponse resp;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    ASSERT_TRUE(Carbon(*admin_c_)->GetRestatement(&ctx, req, &resp).ok());
+    ASSERT_TRUE(Call(*admin_c_, &Stub::GetRestatement, req, &resp).ok());
     r = resp.restatement();
     if (r.state() == cv1::RESTATEMENT_STATE_DONE ||
         r.state() == cv1::RESTATEMENT_STATE_FAILED) {
@@ -1030,9 +988,7 @@ TEST_F(CarbonMonthTest, RestatementRecomputesFiguresGradeAndLoanTier) {
     SetTimestamp(from_ + absl::Hours(24), req.mutable_period_time());
     req.set_as_reported(true);
     cv1::GetGradeResponse resp;
-    grpc::ClientContext ctx;
-    Deadline(&ctx);
-    ASSERT_TRUE(Carbon(*steel_)->GetGrade(&ctx, req, &resp).ok());
+    ASSERT_TRUE(Call(*steel_, &Stub::GetGrade, req, &resp).ok());
     EXPECT_EQ(resp.grade().level(), 3);
     EXPECT_TRUE(resp.grade().restatement_id().empty());
   }
