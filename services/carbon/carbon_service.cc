@@ -453,13 +453,21 @@ void CarbonAccountServiceImpl::HandlePersonal(const FeedDelivery& d) {
     acc.set_name(e.data_subject());
     if (regions_.Find((*b)->region) != nullptr) acc.set_region((*b)->region);
     absl::StatusOr<v1::Account> created = ledger_->CreateAccount(acc);
-    if (!created.ok() && !absl::IsAlreadyExists(created.status())) {
+    if (created.ok()) {
+      account_id = created->account_id();
+    } else if (std::optional<v1::Account> raced =
+                   ledger_->FindIndividual(e.data_subject());
+               absl::IsAlreadyExists(created.status()) && raced.has_value()) {
+      // Created meanwhile (e.g. by the person's CreateAccount).
+      account_id = raced->account_id();
+    } else {
+      // Never book into an account that is not this person's: the id may be
+      // held by another account.
       LogWarn(kComponent, "individual account not created",
               {{"account", acc.account_id()},
                {"error", created.status().ToString()}});
       return;
     }
-    account_id = acc.account_id();
   }
   absl::StatusOr<std::optional<v1::GreenCredit>> c =
       credits_->Credit(account_id, **b, *d.consent_id, e.id());

@@ -416,6 +416,22 @@ absl::StatusOr<ServiceIdentity> ResolveServiceIdentity(
                       .trust_domain = ca->trust_domain()};
           reuse = CheckTlsConfig(t).ok();
         }
+        if (reuse) {
+          // The key stays the service's own, whatever mode a copy or a
+          // restore left it with.
+          struct stat st;
+          if (::stat((out + ".key").c_str(), &st) == 0 &&
+              (st.st_mode & 0077) != 0) {
+            LogWarn(kComponent,
+                    "service key is readable by group or others; fixing to "
+                    "0600",
+                    {{"key", out + ".key"}});
+            if (::chmod((out + ".key").c_str(), 0600) != 0) {
+              return absl::FailedPreconditionError(absl::StrCat(
+                  "identity: ", out, ".key: cannot be made 0600"));
+            }
+          }
+        }
       }
     }
     if (!reuse) {

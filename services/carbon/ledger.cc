@@ -501,6 +501,18 @@ absl::Status CarbonLedger::Impl::ValidateAccount(const v1::Account& a) const {
         absl::StrCat("account '", a.account_id(),
                      "': meter is only allowed on METER accounts"));
   }
+  // `person/<data subject>` is where a person's credits and incentives are
+  // booked (CarbonAccountServiceImpl's ingest): such an id belongs only to
+  // that person's individual account, or another account would receive them
+  // (and its owner read them).
+  constexpr absl::string_view kPerson = "person/";
+  if (absl::StartsWith(a.account_id(), kPerson) &&
+      (kind != v1::ACCOUNT_KIND_INDIVIDUAL ||
+       a.account_id() != absl::StrCat(kPerson, a.data_subject()))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "account '", a.account_id(), "': ids under '", kPerson,
+        "' are reserved for the individual account of that data subject"));
+  }
   return absl::OkStatus();
 }
 

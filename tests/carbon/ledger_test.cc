@@ -809,6 +809,18 @@ TEST_F(LedgerTest, AccountValidationAndInheritance) {
   Create(p);
   p.set_account_id("person/ds-1b");
   EXPECT_EQ(code(p), absl::StatusCode::kAlreadyExists);
+  // `person/<data subject>` ids are that person's individual account's only
+  // (the ingest books the person's credits there).
+  v1::Account squat = Acc("person/ds-2", v1::ACCOUNT_KIND_INDIVIDUAL, "");
+  squat.set_data_subject("ds-3");
+  EXPECT_EQ(code(squat), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Acc("person/ds-2", v1::ACCOUNT_KIND_SITE, "quzhou-steel")),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Acc("person/ds-2", v1::ACCOUNT_KIND_ENTERPRISE, "", "CN")),
+            absl::StatusCode::kInvalidArgument);
+  v1::Account own = Acc("person/ds-2", v1::ACCOUNT_KIND_INDIVIDUAL, "");
+  own.set_data_subject("ds-2");
+  EXPECT_EQ(code(own), absl::StatusCode::kOk);
   ASSERT_TRUE(ledger_->FindIndividual("ds-1").has_value());
   EXPECT_EQ(ledger_->FindIndividual("ds-1")->account_id(), "person/ds-1");
   EXPECT_EQ(ledger_->EnterpriseOf("person/ds-1"), "");

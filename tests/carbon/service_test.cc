@@ -24,6 +24,8 @@
 #include <sstream>
 #include <thread>
 
+#include <sys/stat.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "builtin_plugins.h"
@@ -567,6 +569,61 @@ TEST_F(CarbonServiceTest, IndividualCreditsOnlyWithConsent) {
   EXPECT_EQ(acc.account().data_subject(), "alice");
 }
 
+// `person/<data subject>` is where the ingest books that person's credits and
+// incentives: nobody else may take such an id (a person for someone else, an
+// enterprise for a site, the admin for an enterprise), or that account would
+// receive, and its owner read, the person's green-behaviour credits.
+TEST_F(CarbonServiceTest, PersonIdsAreReservedForThatPersonsIndividualAccount) {
+  Client& mallory = NewClient("residents", "mallory", {}, true);
+  cv1::Account squat;
+  squat.set_account_id("person/alice");
+  squat.set_kind(cv1::ACCOUNT_KIND_INDIVIDUAL);
+  EXPECT_EQ(Create(mallory, squat).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  cv1::Account site;
+  site.set_account_id("person/alice");
+  site.set_kind(cv1::ACCOUNT_KIND_SITE);
+  site.set_parent_id("quzhou-steel");
+  EXPECT_EQ(Create(*steel_, site).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  cv1::Account ent;
+  ent.set_account_id("person/alice");
+  ent.set_kind(cv1::ACCOUNT_KIND_ENTERPRISE);
+  ent.set_org("quzhou-steel");
+  ent.set_region("CN-ZJ-QZ-KC");
+  EXPECT_EQ(Create(*admin_c_, ent).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  cv1::Account other;
+  other.set_account_id("person/alice");
+  other.set_kind(cv1::ACCOUNT_KIND_INDIVIDUAL);
+  other.set_data_subject("bob");
+  EXPECT_EQ(Create(*admin_c_, other).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    cv1::GetAccountRequest req;
+    req.set_account_id("person/alice");
+    cv1::GetAccountResponse resp;
+    EXPECT_EQ(Call(*admin_c_, &Stub::GetAccount, req, &resp).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
+  // Her own id, explicit or by default, a person may take; so may the admin
+  // for the matching data subject.
+  cv1::Account own;
+  own.set_account_id("person/mallory");
+  own.set_kind(cv1::ACCOUNT_KIND_INDIVIDUAL);
+  grpc::Status s = Create(mallory, own);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  cv1::Account alice;
+  alice.set_kind(cv1::ACCOUNT_KIND_INDIVIDUAL);
+  alice.set_data_subject("alice");
+  cv1::CreateAccountRequest req;
+  *req.mutable_account() = alice;
+  cv1::CreateAccountResponse resp;
+  s = Call(*admin_c_, &Stub::CreateAccount, req, &resp);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_EQ(resp.account().account_id(), "person/alice");
+}
+
 TEST_F(CarbonServiceTest, AlarmIsWatchedAndAcknowledgedByItsEnterpriseOnly) {
   const absl::Time now = absl::Now();
   const absl::Time day = DayStart(now);
@@ -1060,6 +1117,26 @@ TEST_F(CarbonServiceTest, RestartResumesTheFeedFromItsLastPosition) {
   Deadline(&ctx);
   ASSERT_TRUE(Carbon(*steel_)->ListEmissionRecords(&ctx, lr, &records).ok());
   EXPECT_EQ(records.records_size(), 2);
+}
+
+// The service's own key (issued from the node's development CA) stays 0600,
+// also when an existing one is reused on restart.
+TEST_F(CarbonServiceTest, ServiceKeyIsOwnerOnlyAlsoWhenReused) {
+  const std::string key = dir_.File("data/carbon/identity/carbon.key");
+  struct stat st;
+  ASSERT_EQ(::stat(key.c_str(), &st), 0) << key;
+  EXPECT_EQ(st.st_mode & 0777, 0600);
+  ASSERT_EQ(::chmod(key.c_str(), 0644), 0);
+  StopNode();
+  ASSERT_NO_FATAL_FAILURE(Boot());
+  ASSERT_EQ(::stat(key.c_str(), &st), 0) << key;
+  EXPECT_EQ(st.st_mode & 0777, 0600);
+  // Reused, not reissued: the service still reads its accounts.
+  cv1::GetAccountRequest req;
+  req.set_account_id("quzhou-steel");
+  cv1::GetAccountResponse resp;
+  grpc::Status s = Call(*steel_, &Stub::GetAccount, req, &resp);
+  EXPECT_TRUE(s.ok()) << s.error_message();
 }
 
 // `cityosctl carbon ...` in-process, as the carbon viewer.
