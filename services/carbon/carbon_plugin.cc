@@ -81,7 +81,10 @@ class CarbonPlugin final : public ServicePlugin {
         {"data_dir", "time_zone", "identity", "exchange", "inputs", "regions",
          "factors_csv", "factors", "benchmarks", "thresholds", "credit_rules",
          "incentives", "tick_interval", "publish_records", "ingest_batch",
-         "queue_limit", "future_tolerance", "mqtt", "provision_accounts", "provision_plans"}));
+         "queue_limit", "future_tolerance", "mqtt", "provision_accounts", "provision_plans", "reporters"}));
+    if (s.Has("reporters")) {
+      CITYOS_ASSIGN_OR_RETURN(config_.reporters, s.GetStringList("reporters"));
+    }
     if (s.Has("provision_accounts")) {
       CITYOS_ASSIGN_OR_RETURN(provision_accounts_, s.GetStringList("provision_accounts"));
     }
@@ -395,6 +398,8 @@ class CarbonPlugin final : public ServicePlugin {
                          ": cannot be created: ", ec.message()));
       }
     }
+    // The MQTT bridge reports readings for every meter it carries.
+    if (mqtt_.enabled) config_.reporters.push_back(mqtt_.org);
     IdentityRequest req = identity_;
     req.node_data_dir = info.data_dir;
     req.trust_domain = td;

@@ -57,6 +57,10 @@
 //           topic_root: cityos/meters
 //           org: quzhou-grid                    # publishes readings as this org
 //           districts: [{city: quzhou, district: kecheng, region: CN-ZJ-QZ-KC}]
+//         reporters: [quzhou-grid, quzhou-stats]  # orgs that may report
+//             # readings, process activity and value added for any
+//             # enterprise (the MQTT bridge's org is added); anyone else only
+//             # for its own org's enterprises
 //         provision_accounts: [city-sim/accounts.jsonl]  # JSON lines of
 //             # cityos.carbon.v1.Account, parents first, created at start
 //             # unless they exist; relative to the node's data dir

@@ -283,6 +283,7 @@ CarbonAccountServiceImpl::Stats CarbonAccountServiceImpl::stats() const {
           .credits = n_credits_.load(),
           .uncredited = n_uncredited_.load(),
           .ignored = n_ignored_.load(),
+          .refused = n_refused_.load(),
           .grades = n_grades_.load(),
           .ingest_busy_ns = ingest_busy_ns_.load()};
 }
@@ -319,6 +320,25 @@ void CarbonAccountServiceImpl::IngestLoop() {
   }
 }
 
+bool CarbonAccountServiceImpl::MayReport(const event::v1::Event& e,
+                                         const std::string& account_id) {
+  if (reporters_.contains(e.owner())) return true;
+  auto it = reporter_org_.find(account_id);
+  if (it == reporter_org_.end()) {
+    const std::string enterprise = ledger_->EnterpriseOf(account_id);
+    absl::StatusOr<v1::Account> a = ledger_->GetAccount(enterprise);
+    // An unknown account is let through: the ledger quarantines it
+    // (UNKNOWN_METER) or rejects it, with the reason.
+    if (enterprise.empty() || !a.ok()) return true;
+    it = reporter_org_.emplace(account_id, a->org()).first;
+  }
+  if (it->second == e.owner()) return true;
+  n_refused_.fetch_add(1, std::memory_order_relaxed);
+  LogWarn(kComponent, "input refused: reported for another org's enterprise",
+          {{"event", e.id()}, {"owner", e.owner()}, {"account", account_id}});
+  return false;
+}
+
 void CarbonAccountServiceImpl::IngestBatch(std::vector<FeedDelivery>& batch) {
   // Readings are parsed into reading_buf_[0, n_readings): its elements are
   // kept from batch to batch, so parsing reuses their strings.
@@ -341,6 +361,7 @@ void CarbonAccountServiceImpl::IngestBatch(std::vector<FeedDelivery>& batch) {
                 {{"id", e.id()}});
         continue;
       }
+      if (!MayReport(e, in.reading.meter_id())) continue;
       in.event_id = e.id();
       last_event = &e.id();
       ++n_readings;
@@ -350,6 +371,7 @@ void CarbonAccountServiceImpl::IngestBatch(std::vector<FeedDelivery>& batch) {
         n_ignored_.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
+      if (!MayReport(e, in.activity.account_id())) continue;
       in.event_id = e.id();
       last_event = &e.id();
       process.push_back(std::move(in));
@@ -359,6 +381,7 @@ void CarbonAccountServiceImpl::IngestBatch(std::vector<FeedDelivery>& batch) {
         n_ignored_.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
+      if (!MayReport(e, va.account_id())) continue;
       values.emplace_back(std::move(va), e.id());
     } else {
       personal.push_back(&d);

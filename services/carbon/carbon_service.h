@@ -37,6 +37,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -94,6 +96,12 @@ struct CarbonServiceConfig {
   // City time zone of periods. Default: Asia/Shanghai.
   std::string time_zone = "Asia/Shanghai";
   std::vector<RegionInfo> regions;
+  // Organisations that may report readings, process activity and value added
+  // for any enterprise (e.g. the grid operator, the statistics bureau).
+  // Anyone else reports only for the enterprises of its own org: an input
+  // event whose owner is neither is refused (logged, counted in
+  // Stats::refused), never accounted.
+  std::vector<std::string> reporters;
   // Reference factors CSV seeded at start (rows present are skipped); empty
   // for none. Plus factors given in the config (added unless present).
   std::string factors_csv;
@@ -170,6 +178,7 @@ class CarbonAccountServiceImpl final
     uint64_t credits = 0;     // credits booked (incl. capped)
     uint64_t uncredited = 0;  // personal events without consent
     uint64_t ignored = 0;     // events of an unknown type or bad payload
+    uint64_t refused = 0;     // inputs reported for another org's enterprise
     uint64_t grades = 0;
     uint64_t ingest_busy_ns = 0;  // time the ingest thread spent accounting
   };
@@ -340,10 +349,17 @@ class CarbonAccountServiceImpl final
   // Ingest thread only: reading inputs reused from batch to batch (parsing
   // into them reuses their strings' capacity: no allocation per reading).
   std::vector<ReadingInput> reading_buf_;
+  // Ingest thread only: whether `e`'s owner may report for `account_id`
+  // (CarbonServiceConfig::reporters); the org of each account's enterprise,
+  // cached (an account's org never changes).
+  bool MayReport(const event::v1::Event& e, const std::string& account_id);
+  const absl::flat_hash_set<std::string> reporters_{config_.reporters.begin(),
+                                                    config_.reporters.end()};
+  absl::flat_hash_map<std::string, std::string> reporter_org_;
 
   std::atomic<uint64_t> n_events_{0}, n_readings_{0}, n_duplicates_{0},
       n_quarantined_{0}, n_credits_{0}, n_uncredited_{0}, n_ignored_{0},
-      n_grades_{0}, ingest_busy_ns_{0};
+      n_grades_{0}, ingest_busy_ns_{0}, n_refused_{0};
   std::atomic<bool> started_{false}, stopped_{false};
   std::vector<std::thread> threads_;
 };

@@ -91,6 +91,7 @@ constexpr char kBankConfig[] = R"(controller:
 )";
 
 constexpr char kCarbonConfig[] = R"(time_zone: Asia/Shanghai
+reporters: [quzhou-grid]
 exchange:
   min_backoff: 20ms
   max_backoff: 200ms
@@ -369,6 +370,37 @@ bool NextChange(grpc::ClientReader<cv1::WatchAlarmsResponse>* reader,
     }
   }
   return false;
+}
+
+// One enterprise cannot report for another: quzhou-cement's reading for
+// quzhou-steel's meter is refused; the grid operator (a configured reporter)
+// reports for everyone.
+TEST_F(CarbonServiceTest, ReadingsForAnotherOrgsEnterpriseAreRefused) {
+  const absl::Time end = absl::Now() - absl::Minutes(1);
+  const absl::Time start = end - absl::Minutes(15);
+  event::v1::Event forged =
+      Reading("quzhou-steel/m-elec", 1000, "kWh", start - absl::Minutes(15), start);
+  forged.set_owner("quzhou-cement");
+  ASSERT_NO_FATAL_FAILURE(PublishAs(*cement_, {forged}));
+  // Published after it on the same stream: once this one is accounted, the
+  // forged one was seen first.
+  ASSERT_NO_FATAL_FAILURE(PublishAs(
+      *grid_, {Reading("quzhou-steel/m-elec", 32000, "kWh", start, end)}));
+  ASSERT_NO_FATAL_FAILURE(WaitForTotal("quzhou-steel", DayStart(start - absl::Minutes(15)),
+                                       DayStart(start - absl::Minutes(15)) + absl::Hours(48),
+                                       17600.0));
+  cv1::GetEmissionsResponse days;
+  ASSERT_TRUE(Emissions(*steel_, "quzhou-steel", DayStart(start - absl::Minutes(15)),
+                        DayStart(start - absl::Minutes(15)) + absl::Hours(48), false, &days)
+                  .ok());
+  double total = 0;
+  uint64_t readings = 0;
+  for (const cv1::EmissionTotal& t : days.totals()) {
+    total += t.total_kg();
+    readings += t.readings();
+  }
+  EXPECT_NEAR(total, 17600.0, 1e-6);
+  EXPECT_EQ(readings, 1u);
 }
 
 TEST_F(CarbonServiceTest,

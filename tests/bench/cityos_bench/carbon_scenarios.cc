@@ -349,6 +349,7 @@ class CarbonStack {
     config.regions = Regions();
     config.factors = {GridFactor()};
     config.inputs = {"carbon.meter.reading.>"};
+    config.reporters = {"quzhou-grid"};
     config.publish_records = publish_records;
     config.tick_interval = absl::Seconds(1);
     config.feed_max_batch = 4096;
