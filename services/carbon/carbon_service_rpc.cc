@@ -745,10 +745,12 @@ grpc::Status CarbonAccountServiceImpl::ListGrades(
                 if (x.k() != y.k()) return x.k() < y.k();
                 return x.account_id() < y.account_id();
               });
-    for (size_t i = offset; i < out.size() && i < offset + size; ++i)
-      *resp->add_grades() = out[i];
-    if (offset + size < out.size())
-      resp->set_next_page_token(std::to_string(offset + size));
+    // A token past the end gives an empty last page (no overflow of
+    // offset + size for a forged token).
+    const size_t first = std::min(offset, out.size());
+    const size_t last = first + std::min(size, out.size() - first);
+    for (size_t i = first; i < last; ++i) *resp->add_grades() = out[i];
+    if (last < out.size()) resp->set_next_page_token(std::to_string(last));
     return absl::OkStatus();
   });
 }

@@ -14,6 +14,7 @@
 #include "absl/random/random.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "cityos/ca.h"
 #include "cityos/event.h"
 #include "cityos/exchange/v1/exchange.grpc.pb.h"
@@ -365,6 +366,20 @@ absl::StatusOr<ServiceIdentity> ResolveServiceIdentity(
     if (r.cert.empty() || r.key.empty() || r.ca.empty()) {
       return absl::InvalidArgumentError(
           "identity: cert, key and ca must be given together");
+    }
+    // A private key others can read is refused, as the node does for its
+    // secrets (docs/security.md): say which file and its mode, never more.
+    std::error_code ec;
+    const std::filesystem::perms perms = std::filesystem::status(r.key, ec).permissions();
+    if (ec) {
+      return absl::NotFoundError(
+          absl::StrCat("identity.key ", r.key, ": cannot be read: ", ec.message()));
+    }
+    if ((perms & (std::filesystem::perms::group_all | std::filesystem::perms::others_all)) !=
+        std::filesystem::perms::none) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "identity.key %s: mode %03o lets others read it; chmod 600", r.key,
+          static_cast<unsigned>(perms) & 0777));
     }
     id.tls = TlsConfig{.ca_file = r.ca,
                        .cert_file = r.cert,

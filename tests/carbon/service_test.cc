@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -1275,3 +1276,40 @@ TEST(CarbonPluginConfig, ErrorsNameFileLineAndKey) {
 
 }  // namespace
 }  // namespace cityos::exchange_test
+
+namespace cityos::carbon {
+
+using ::testing::HasSubstr;
+namespace {
+
+// A configured private key that others may read is refused, naming the
+// file and its mode; owner-only is accepted.
+TEST(ServiceIdentity, ConfiguredKeyReadableByOthersIsRefused) {
+  testing::TempDir dir;
+  IdentityRequest r;
+  r.cert = dir.path() + "/carbon.pem";
+  r.key = dir.path() + "/carbon.key";
+  r.ca = dir.path() + "/ca.pem";
+  for (const std::string& f : {r.cert, r.key, r.ca}) std::ofstream(f) << "x";
+  std::filesystem::permissions(r.key, std::filesystem::perms::owner_read |
+                                          std::filesystem::perms::owner_write |
+                                          std::filesystem::perms::group_read |
+                                          std::filesystem::perms::others_read);
+  absl::StatusOr<ServiceIdentity> id = ResolveServiceIdentity(r);
+  ASSERT_FALSE(id.ok());
+  EXPECT_EQ(id.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(id.status().message()), HasSubstr("carbon.key"));
+  EXPECT_THAT(std::string(id.status().message()), HasSubstr("644"));
+  std::filesystem::permissions(r.key, std::filesystem::perms::owner_read |
+                                          std::filesystem::perms::owner_write);
+  // Owner-only passes the mode check (the dummy files then fail as
+  // certificates, which is another error).
+  absl::StatusOr<ServiceIdentity> again = ResolveServiceIdentity(r);
+  if (!again.ok()) {
+    EXPECT_THAT(std::string(again.status().message()),
+                ::testing::Not(HasSubstr("lets others read")));
+  }
+}
+
+}  // namespace
+}  // namespace cityos::carbon
