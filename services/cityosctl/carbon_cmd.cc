@@ -26,8 +26,9 @@
 //   --reason TEXT
 //                            [--factor ID ...]
 //   cityosctl carbon restatement ID
-//   cityosctl carbon quarantine [ID] [--reason unit_mismatch] [--from T] [--to
-//   T] cityosctl carbon credits ID [--from T] [--to T]
+//   cityosctl carbon records ID [--from T] [--to T] [--as-reported] [--limit N]
+//   cityosctl carbon quarantine [ID] [--reason unit_mismatch] [--from T] [--to T]
+//   cityosctl carbon credits ID [--from T] [--to T]
 //
 // Times are RFC 3339 (2026-11-01T00:00:00+08:00) or a date (2026-11-01,
 // midnight UTC). Lists are read page by page to the end.
@@ -357,6 +358,16 @@ class CarbonCli final : public CarbonCommands {
           c->add_option("id", a_.id, "Restatement id")->required();
         },
         [this](std::ostream& o) { Restatement(o); });
+    Add(
+        "records", "Emission records behind an account's figures, oldest first",
+        [&](CLI::App* c) {
+          c->add_option("id", a_.id, "Account (with its descendants)")->required();
+          c->add_option("--from", a_.from, "Intervals starting at or after");
+          c->add_option("--to", a_.to, "Intervals starting before");
+          c->add_flag("--as-reported", a_.as_reported, "Records as first reported");
+          c->add_option("--limit", a_.limit, "Most records (default 1000)");
+        },
+        [this](std::ostream& o) { Records(o); });
     Add(
         "quarantine", "Quarantined readings, newest first",
         [&](CLI::App* c) {
@@ -962,6 +973,37 @@ class CarbonCli final : public CarbonCommands {
         &v1::CarbonAccountService::Stub::GetRestatement, req);
     if (AsJson(out, r)) return;
     PrintRestatement(out, r.restatement());
+  }
+  // Every record traces a figure to its reading (source event) and factor.
+  void Records(std::ostream& out) {
+    v1::ListEmissionRecordsRequest req;
+    req.set_account_id(a_.id);
+    req.set_as_reported(a_.as_reported);
+    Range(req.mutable_range());
+    const int64_t limit = a_.limit > 0 ? a_.limit : 1000;
+    v1::ListEmissionRecordsResponse all;
+    while (all.records_size() < limit) {
+      req.set_page_size(static_cast<int32_t>(std::min<int64_t>(1000, limit - all.records_size())));
+      auto page = Call<v1::ListEmissionRecordsRequest, v1::ListEmissionRecordsResponse>(
+          &v1::CarbonAccountService::Stub::ListEmissionRecords, req);
+      for (auto& r : *page.mutable_records()) *all.add_records() = std::move(r);
+      all.set_next_page_token(page.next_page_token());
+      if (page.next_page_token().empty()) break;
+      req.set_page_token(page.next_page_token());
+    }
+    if (AsJson(out, all)) return;
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& r : all.records()) {
+      rows.push_back({Ts(r.interval_start()), r.meter_id().empty() ? r.method() : r.meter_id(),
+                      Short(v1::Scope_Name(r.scope()), "SCOPE_"),
+                      absl::StrCat(r.activity(), " ", r.activity_unit()),
+                      absl::StrFormat("%.3f", r.emissions_kg()), r.factor().factor_id(),
+                      r.restatement_id().empty() ? "-" : r.restatement_id(),
+                      r.source_event_id()});
+    }
+    PrintTable(out, {"START", "METER", "SCOPE", "ACTIVITY", "KG", "FACTOR", "RESTATEMENT", "EVENT"},
+               rows);
+    if (!all.next_page_token().empty()) out << "(more records: raise --limit)\n";
   }
   void Quarantine(std::ostream& out) {
     v1::ListQuarantinedReadingsRequest req;

@@ -1225,6 +1225,11 @@ TEST_F(CarbonServiceTest, CityosctlCarbonCommandsPrintTablesAndJson) {
             0)
       << out;
   EXPECT_THAT(out, HasSubstr("CN-ZJ-QZ-KC"));
+  // The record behind the figure: its factor and the event that carried it.
+  ASSERT_EQ(run({"carbon", "records", "quzhou-steel", "--from", from, "--to", to}, &out), 0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("grid/electricity/CN-EAST/2023"));
+  EXPECT_THAT(out, HasSubstr("17600.000"));
   // Errors: one line, exit 1; the viewer may not add factors.
   EXPECT_EQ(run({"carbon", "factor-add", "--kind", "grid", "--key",
                  "electricity", "--region", "CN", "--vintage", "x", "--value",
