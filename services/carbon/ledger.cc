@@ -1361,19 +1361,7 @@ BatchResult CarbonLedger::Impl::AccountReadings(
     if (opt_.return_records) res.records.push_back(ToProto(row));
     ++res.accounted;
   }
-  res.touched.reserve(touched_.size());
-  for (const auto& [is_region, idx] : touched_) {
-    TouchedTotal t;
-    if (is_region) {
-      t.region = regions_->all()[idx].code;
-      t.time = absl::FromUnixNanos(region_targets_[idx]->touched_end_ns);
-    } else {
-      t.account_id = accounts_[idx]->a.account_id();
-      t.time = absl::FromUnixNanos(accounts_[idx]->agg.touched_end_ns);
-    }
-    res.touched.push_back(std::move(t));
-  }
-  store_->Enqueue(std::move(wb));
+  FinishBatch(res, std::move(wb));
   return res;
 }
 
@@ -1495,6 +1483,12 @@ BatchResult CarbonLedger::Impl::AccountProcess(
     if (opt_.return_records) res.records.push_back(ToProto(row));
     ++res.accounted;
   }
+  FinishBatch(res, std::move(wb));
+  return res;
+}
+
+void CarbonLedger::Impl::FinishBatch(BatchResult& res, WriteBatch wb) {
+  res.touched.reserve(touched_.size());
   for (const auto& [is_region, idx] : touched_) {
     TouchedTotal t;
     if (is_region) {
@@ -1507,7 +1501,6 @@ BatchResult CarbonLedger::Impl::AccountProcess(
     res.touched.push_back(std::move(t));
   }
   store_->Enqueue(std::move(wb));
-  return res;
 }
 
 v1::EmissionRecord CarbonLedger::Impl::ToProto(const RecordRow& row) const {

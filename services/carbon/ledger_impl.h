@@ -330,6 +330,9 @@ class CarbonLedger::Impl {
   // Ingest.
   BatchResult AccountReadings(absl::Span<const ReadingInput> readings);
   BatchResult AccountProcess(absl::Span<const ProcessInput> entries);
+  // The end of both: the batch's touched targets into `res`, its rows to the
+  // writer.
+  void FinishBatch(BatchResult& res, WriteBatch wb) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Queries.
   absl::StatusOr<std::vector<v1::EmissionTotal>> Emissions(
@@ -398,6 +401,10 @@ class CarbonLedger::Impl {
   int64_t MonthOfDay(int64_t day) const;
   void SweepDedup(MeterCtx& m) const;
   v1::EmissionRecord ToProto(const RecordRow& row) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The enterprise account `id`: NOT_FOUND, or INVALID_ARGUMENT for
+  // another kind, naming it.
+  absl::StatusOr<const AccountNode*> FindEnterprise(const std::string& id) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
   const AccountNode* Find(std::string_view id) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);

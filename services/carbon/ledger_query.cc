@@ -560,15 +560,33 @@ std::vector<v1::Attribution> CarbonLedger::Impl::Contributors(
 // ---------------------------------------------------------------------------
 // Value added and grades.
 
-absl::Status CarbonLedger::Impl::SetValueAdded(const v1::ValueAdded& v) {
-  if (!v.period().has_start() || !v.period().has_end()) {
+namespace {
+// The period of a value added or a grade (`what`), both ends required.
+absl::StatusOr<std::pair<absl::Time, absl::Time>> BoundedPeriod(
+    const common::v1::TimeRange& r, const char* what) {
+  if (!r.has_start() || !r.has_end()) {
     return absl::InvalidArgumentError(
-        "value added: period needs both start and end");
+        absl::StrCat(what, ": period needs both start and end"));
   }
-  CITYOS_ASSIGN_OR_RETURN(
-      absl::Time from, TimestampFromProto(v.period().start(), "period.start"));
-  CITYOS_ASSIGN_OR_RETURN(absl::Time to,
-                          TimestampFromProto(v.period().end(), "period.end"));
+  CITYOS_ASSIGN_OR_RETURN(absl::Time from, TimestampFromProto(r.start(), "period.start"));
+  CITYOS_ASSIGN_OR_RETURN(absl::Time to, TimestampFromProto(r.end(), "period.end"));
+  return std::make_pair(from, to);
+}
+}  // namespace
+
+absl::StatusOr<const AccountNode*> CarbonLedger::Impl::FindEnterprise(
+    const std::string& id) const {
+  const AccountNode* n = Find(id);
+  if (n == nullptr) return absl::NotFoundError(absl::StrCat("account '", id, "' not found"));
+  if (n->a.kind() != v1::ACCOUNT_KIND_ENTERPRISE) {
+    return absl::InvalidArgumentError(absl::StrCat("account '", id, "' is not an enterprise"));
+  }
+  return n;
+}
+
+absl::Status CarbonLedger::Impl::SetValueAdded(const v1::ValueAdded& v) {
+  CITYOS_ASSIGN_OR_RETURN(auto period, BoundedPeriod(v.period(), "value added"));
+  const auto [from, to] = period;
   if (to <= from)
     return absl::InvalidArgumentError(
         "value added: period.end must be after period.start");
@@ -579,14 +597,7 @@ absl::Status CarbonLedger::Impl::SetValueAdded(const v1::ValueAdded& v) {
                                                    " must be positive"));
   }
   absl::MutexLock l(&mu_);
-  const AccountNode* n = Find(v.account_id());
-  if (n == nullptr)
-    return absl::NotFoundError(
-        absl::StrCat("account '", v.account_id(), "' not found"));
-  if (n->a.kind() != v1::ACCOUNT_KIND_ENTERPRISE) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("account '", v.account_id(), "' is not an enterprise"));
-  }
+  CITYOS_RETURN_IF_ERROR(FindEnterprise(v.account_id()).status());
   const PeriodKey pk{absl::ToUnixNanos(from), absl::ToUnixNanos(to)};
   CITYOS_RETURN_IF_ERROR(store_->WithDb([&](sqlite3* db) -> absl::Status {
     SqliteStmt st(db,
@@ -612,22 +623,10 @@ std::optional<double> CarbonLedger::Impl::ValueAdded(
 }
 
 absl::Status CarbonLedger::Impl::SetGrade(const v1::Grade& g) {
-  if (!g.period().has_start() || !g.period().has_end()) {
-    return absl::InvalidArgumentError("grade: period needs both start and end");
-  }
-  CITYOS_ASSIGN_OR_RETURN(
-      absl::Time from, TimestampFromProto(g.period().start(), "period.start"));
-  CITYOS_ASSIGN_OR_RETURN(absl::Time to,
-                          TimestampFromProto(g.period().end(), "period.end"));
+  CITYOS_ASSIGN_OR_RETURN(auto period, BoundedPeriod(g.period(), "grade"));
+  const auto [from, to] = period;
   absl::MutexLock l(&mu_);
-  const AccountNode* n = Find(g.account_id());
-  if (n == nullptr)
-    return absl::NotFoundError(
-        absl::StrCat("account '", g.account_id(), "' not found"));
-  if (n->a.kind() != v1::ACCOUNT_KIND_ENTERPRISE) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("account '", g.account_id(), "' is not an enterprise"));
-  }
+  CITYOS_RETURN_IF_ERROR(FindEnterprise(g.account_id()).status());
   const PeriodKey pk{absl::ToUnixNanos(from), absl::ToUnixNanos(to)};
   std::string blob = g.SerializeAsString();
   CITYOS_RETURN_IF_ERROR(store_->WithDb([&](sqlite3* db) -> absl::Status {
