@@ -2,28 +2,25 @@
 // CarbonAccountService) from the command line, as tables or, with --json, as
 // the RPC responses in JSON.
 //
-//   cityosctl carbon accounts [--kind enterprise] [--region CN-ZJ-QZ]
-//   [--industry C31] cityosctl carbon account quzhou-steel cityosctl carbon
-//   emissions quzhou-steel --granularity day --from 2026-11-01 --to 2026-11-30
-//   cityosctl carbon regions CN-ZJ-QZ --granularity month --from 2026-01-01
-//   --to 2027-01-01 --sub cityosctl carbon industries --prefix C3 --digits 3
-//   --granularity month --from ... --to ... cityosctl carbon ranking --subject
-//   enterprises --metric total --from ... --to ... cityosctl carbon plans
-//   [--account ID | --region CODE] cityosctl carbon plan-set --account ID
-//   --granularity day --max 10000 [--min 0] ... cityosctl carbon alarms
-//   [--account ID] [--region CODE] [--state active] cityosctl carbon ack
-//   ALARM_ID [--note TEXT] cityosctl carbon watch [--account ID] [--region
-//   CODE] [--open] [--count N] cityosctl carbon grade ID [--at TIME]
-//   [--as-reported] cityosctl carbon grades --at TIME [--region CODE]
-//   [--industry C31] [--level 2] cityosctl carbon incentives ID cityosctl
-//   carbon report ID --month 2026-10 [--format json|csv] [--output FILE]
-//   cityosctl carbon factors [--kind grid] [--key electricity] [--region CN]
-//   [--at TIME] cityosctl carbon factor-add --kind grid --key electricity
-//   --region CN-EAST --vintage 2024
-//                               --value 0.5 --unit kgCO2/kWh --source "..."
-//                               [--from T] [--to T]
-//   cityosctl carbon restate (--account ID ... | --region CODE) --from T --to T
-//   --reason TEXT
+//   cityosctl carbon accounts [--kind enterprise] [--region CN-ZJ-QZ] [--industry C31]
+//   cityosctl carbon account quzhou-steel
+//   cityosctl carbon emissions quzhou-steel --granularity day --from 2026-11-01 --to 2026-11-30
+//   cityosctl carbon regions CN-ZJ-QZ --granularity month --from 2026-01-01 --to 2027-01-01 --sub
+//   cityosctl carbon industries --prefix C3 --digits 3 --granularity month --from ... --to ...
+//   cityosctl carbon ranking --subject enterprises --metric total --from ... --to ...
+//   cityosctl carbon plans [--account ID | --region CODE]
+//   cityosctl carbon plan-set --account ID --granularity day --max 10000 [--min 0] ...
+//   cityosctl carbon alarms [--account ID] [--region CODE] [--state active]
+//   cityosctl carbon ack ALARM_ID [--note TEXT]
+//   cityosctl carbon watch [--account ID] [--region CODE] [--open] [--count N]
+//   cityosctl carbon grade ID [--at TIME] [--as-reported]
+//   cityosctl carbon grades --at TIME [--region CODE] [--industry C31] [--level 2]
+//   cityosctl carbon incentives ID
+//   cityosctl carbon report ID --month 2026-10 [--format json|csv] [--output FILE]
+//   cityosctl carbon factors [--kind grid] [--key electricity] [--region CN] [--at TIME]
+//   cityosctl carbon factor-add --kind grid --key electricity --region CN-EAST --vintage 2024
+//                               --value 0.5 --unit kgCO2/kWh --source "..." [--from T] [--to T]
+//   cityosctl carbon restate (--account ID ... | --region CODE) --from T --to T --reason TEXT
 //                            [--factor ID ...]
 //   cityosctl carbon restatement ID
 //   cityosctl carbon records ID [--from T] [--to T] [--as-reported] [--limit N]
