@@ -26,24 +26,6 @@ grpc::Status Invalid(std::string message) {
   return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::move(message));
 }
 
-// Fills `out` from `d` without copying the event: the response borrows the
-// shared, immutable event (serialization only reads it). Every borrowed event
-// must be given back with ReturnBorrowedEvents before the response is reset.
-void BorrowDelivery(const Delivery& d, bus::v1::Delivery* out) {
-  const Message& m = *d.message;
-  out->set_stream(m.stream);
-  out->set_sequence(m.sequence);
-  TimestampToProto(m.publish_time, out->mutable_publish_time());
-  out->set_delivery_count(d.delivery_count);
-  out->unsafe_arena_set_allocated_event(const_cast<event::v1::Event*>(&m.event()));
-}
-
-void ReturnBorrowedEvents(bus::v1::SubscribeResponse* response) {
-  for (bus::v1::Delivery& d : *response->mutable_deliveries()) {
-    d.unsafe_arena_release_event();
-  }
-}
-
 // Takes the events out of a request we own (no copy).
 std::vector<event::v1::Event> TakeEvents(
     google::protobuf::RepeatedPtrField<event::v1::Event>* events) {
@@ -152,8 +134,23 @@ class PublishPipeline {
 
 }  // namespace
 
+// Subscribe's index among BusService's methods (the order of bus.proto; the generated
+// WithSplitStreamingMethod_Subscribe uses the same).
+constexpr int kSubscribeMethodIndex = 2;
+
 BusServiceImpl::BusServiceImpl(Bus* bus, PrincipalResolver resolver, BusServiceOptions options)
-    : bus_(bus), resolver_(std::move(resolver)), options_(options) {}
+    : bus_(bus), resolver_(std::move(resolver)), options_(options) {
+  // Subscribe writes WireSubscribeResponse (stored events forwarded as stored). A
+  // split-streaming handler reads the one request itself, then writes any number of
+  // responses: on the wire the same as the generated server-streaming handler.
+  MarkMethodStreamed(
+      kSubscribeMethodIndex,
+      new grpc::internal::SplitServerStreamingHandler<bus::v1::SubscribeRequest,
+                                                      WireSubscribeResponse>(
+          [this](grpc::ServerContext* context,
+                 grpc::ServerSplitStreamer<bus::v1::SubscribeRequest, WireSubscribeResponse>*
+                     stream) { return Subscribe(context, stream); }));
+}
 
 grpc::Status BusServiceImpl::Publish(grpc::ServerContext* context,
                                      const bus::v1::PublishRequest* request,
@@ -182,9 +179,15 @@ grpc::Status BusServiceImpl::PublishStream(
   return grpc::Status::OK;
 }
 
-grpc::Status BusServiceImpl::Subscribe(grpc::ServerContext* context,
-                                       const bus::v1::SubscribeRequest* request,
-                                       grpc::ServerWriter<bus::v1::SubscribeResponse>* writer) {
+grpc::Status BusServiceImpl::Subscribe(
+    grpc::ServerContext* context,
+    grpc::ServerSplitStreamer<bus::v1::SubscribeRequest, WireSubscribeResponse>* stream) {
+  bus::v1::SubscribeRequest request_message;
+  if (!stream->Read(&request_message)) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "Subscribe: the call carried no SubscribeRequest");
+  }
+  const bus::v1::SubscribeRequest* request = &request_message;
   absl::StatusOr<Principal> who = resolver_(context);
   if (!who.ok()) return ToGrpcStatus(who.status());
   absl::StatusOr<SubscribeOptions> options = SubscribeOptionsFromProto(*request);
@@ -197,16 +200,13 @@ grpc::Status BusServiceImpl::Subscribe(grpc::ServerContext* context,
   if (!sub.ok()) return ToGrpcStatus(sub.status());
   // Tell the client the subscription is in place (live mode sees events from
   // now on) before the first event arrives.
-  writer->SendInitialMetadata();
+  stream->SendInitialMetadata();
 
   std::vector<Delivery> got;
   got.reserve(max_batch);
-  // Responses are built on an arena that is reset after each write: copying
-  // events into them then costs few allocations.
-  google::protobuf::ArenaOptions arena_options;
-  arena_options.start_block_size = 64 << 10;
-  arena_options.max_block_size = 1 << 20;
-  google::protobuf::Arena arena(arena_options);
+  // The response borrows the deliveries' messages (kept alive by `got` until the
+  // next Next()) and serializes them straight into the outgoing buffer.
+  WireSubscribeResponse response;
   while (!context->IsCancelled()) {
     if (draining_.load()) {
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the node is shutting down");
@@ -216,32 +216,27 @@ grpc::Status BusServiceImpl::Subscribe(grpc::ServerContext* context,
     absl::Status s = (*sub)->Next(max_batch, options_.poll_interval, &got, &missed);
     if (!s.ok()) return ToGrpcStatus(s);
     if (got.empty() && missed == 0) continue;
-    arena.Reset();
-    auto* response = google::protobuf::Arena::CreateMessage<bus::v1::SubscribeResponse>(&arena);
-    response->set_missed(missed);
+    response.Clear();
+    response.set_missed(missed);
     size_t bytes = 0;
     bool broken = false;
     for (const Delivery& d : got) {
+      const size_t event_size = WireSubscribeResponse::EventSize(*d.message);
       // Event size plus room for the delivery's own fields.
-      const size_t size = d.message->event().ByteSizeLong() + 64;
-      if (response->deliveries_size() > 0 && bytes + size > options_.max_response_bytes) {
-        bool written = writer->Write(*response);
-        ReturnBorrowedEvents(response);
-        if (!written) {
+      const size_t size = event_size + 64;
+      if (response.deliveries_size() > 0 && bytes + size > options_.max_response_bytes) {
+        if (!stream->Write(response)) {
           broken = true;
           break;
         }
-        arena.Reset();
-        response = google::protobuf::Arena::CreateMessage<bus::v1::SubscribeResponse>(&arena);
+        response.Clear();
         bytes = 0;
       }
-      BorrowDelivery(d, response->add_deliveries());
+      response.Add(d, event_size);
       bytes += size;
     }
     if (broken) break;
-    bool written = writer->Write(*response);
-    ReturnBorrowedEvents(response);
-    if (!written) break;
+    if (!stream->Write(response)) break;
   }
   return grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
 }

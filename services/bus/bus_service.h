@@ -17,6 +17,13 @@
 //    a cancelled call within `poll_interval`. A slow reader blocks only its own
 //    handler thread; in live mode the bus then drops events for that
 //    subscriber and the next response reports them in `missed`.
+//  - Subscribe writes its responses with WireSubscribeResponse
+//    (subscribe_wire.h): events read from a stream's log (replay, durable) go
+//    out as the bytes stored, without a parse or a re-serialization; live
+//    events are serialized. On the wire it is cityos.bus.v1.SubscribeResponse,
+//    byte for byte. (The method is registered with a split-streaming handler
+//    whose response type is WireSubscribeResponse; the request is the public
+//    SubscribeRequest.)
 //  - With the synchronous gRPC API every open streaming call holds a server
 //    thread; PublishStream holds a second one (its writer) while it runs.
 #ifndef CITYOS_SERVICES_BUS_BUS_SERVICE_H_
@@ -33,6 +40,7 @@
 #include "cityos/bus.h"
 #include "cityos/bus/v1/bus.grpc.pb.h"
 #include "cityos/principal.h"
+#include "subscribe_wire.h"
 
 namespace cityos {
 
@@ -72,8 +80,6 @@ class BusServiceImpl final : public bus::v1::BusService::Service {
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<bus::v1::PublishStreamResponse, bus::v1::PublishStreamRequest>*
           stream) override;
-  grpc::Status Subscribe(grpc::ServerContext* context, const bus::v1::SubscribeRequest* request,
-                         grpc::ServerWriter<bus::v1::SubscribeResponse>* writer) override;
   grpc::Status Ack(grpc::ServerContext* context, const bus::v1::AckRequest* request,
                    bus::v1::AckResponse* response) override;
 
@@ -101,6 +107,11 @@ class BusServiceImpl final : public bus::v1::BusService::Service {
                               bus::v1::DeleteConsumerResponse* response) override;
 
  private:
+  // Subscribe, registered in the constructor in place of the generated handler.
+  grpc::Status Subscribe(
+      grpc::ServerContext* context,
+      grpc::ServerSplitStreamer<bus::v1::SubscribeRequest, WireSubscribeResponse>* stream);
+
   Bus* const bus_;
   const PrincipalResolver resolver_;
   const BusServiceOptions options_;

@@ -8,3 +8,5 @@ cityos_test(bus_repair_process_test LABEL bus
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/repair_process_test.cc
   DEFINES CITYOSD_PATH="$<TARGET_FILE:cityosd>")
 add_dependencies(bus_repair_process_test cityosd)
+cityos_test(bus_event_wire_test LABEL bus
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/event_wire_test.cc)

@@ -29,13 +29,16 @@
 #ifndef CITYOS_BUS_H_
 #define CITYOS_BUS_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
+#include "absl/base/call_once.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -145,20 +148,41 @@ struct Message {
   // message (e.g. both live in one arena that the MessagePtr keeps alive).
   Message(std::string stream, uint64_t sequence, absl::Time publish_time,
           const event::v1::Event* event);
+  // Holds the event as stored in a stream's log, serialized; event() parses it on first
+  // use. `wire` must stay valid as long as the message (e.g. both on one arena kept alive
+  // by the MessagePtr); `arena` (may be null) is where the parsed event goes. The bus
+  // checks the bytes structurally before it builds such a message (DATA_LOSS otherwise),
+  // so the parse does not fail.
+  Message(std::string stream, uint64_t sequence, absl::Time publish_time,
+          std::string_view wire, google::protobuf::Arena* arena);
   Message(const Message&) = delete;
   Message& operator=(const Message&) = delete;
 
-  // The event, with `publisher` set to the publisher's SPIFFE id.
-  const event::v1::Event& event() const { return *event_; }
+  // The event serialized exactly as stored (messages read from a log: replay and
+  // durable subscriptions), else empty. Forwarding these bytes skips a parse and a
+  // serialization. Thread-safe.
+  std::string_view wire() const { return wire_; }
+
+  // The event, with `publisher` set to the publisher's SPIFFE id (parsed on first call
+  // for wire messages; thread-safe).
+  const event::v1::Event& event() const {
+    const event::v1::Event* e = event_.load(std::memory_order_acquire);
+    return e != nullptr ? *e : ParseWire();
+  }
 
   std::string stream;  // empty when no stream captured the subject
   uint64_t sequence = 0;
   absl::Time publish_time;
 
  private:
-  std::optional<event::v1::Event> owned_;  // set for owned events
+  const event::v1::Event& ParseWire() const;
+
+  mutable std::optional<event::v1::Event> owned_;  // owned events; parsed wire without arena
   std::shared_ptr<const event::v1::Event> shared_;  // set for shared events
-  const event::v1::Event* event_;  // always points to the event
+  std::string_view wire_;                            // set for wire messages
+  google::protobuf::Arena* arena_ = nullptr;         // wire messages: where event() parses
+  mutable absl::once_flag parse_once_;               // wire messages: the parse
+  mutable std::atomic<const event::v1::Event*> event_{nullptr};  // the event once known
 };
 using MessagePtr = std::shared_ptr<const Message>;
 

@@ -27,19 +27,19 @@ class LiveQueue {
   explicit LiveQueue(size_t capacity, Counter dropped = Counter())
       : ring_(capacity), dropped_(dropped) {}
 
-  // Pushes what fits; counts the rest as missed. Never blocks for long.
-  void Push(absl::Span<const MessagePtr> messages) {
+  // Moves in what fits; counts the rest as missed. Never blocks for long.
+  void Push(absl::Span<MessagePtr> messages) {
     bool wake;
     uint64_t dropped = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (!end_.ok() || closed_) return;
-      for (const MessagePtr& m : messages) {
+      for (MessagePtr& m : messages) {
         if (size_ == ring_.size()) {
           ++dropped;
           continue;
         }
-        ring_[(head_ + size_) % ring_.size()] = m;
+        ring_[(head_ + size_) % ring_.size()] = std::move(m);
         ++size_;
       }
       missed_ += dropped;

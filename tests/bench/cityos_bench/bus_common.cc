@@ -1,5 +1,8 @@
 #include "bus_common.h"
 
+#include <sys/resource.h>
+#include <time.h>
+
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -99,6 +102,19 @@ absl::StatusOr<uint64_t> Prefill(BenchContext& ctx, Bus& bus,
   absl::MutexLock lock(&mu);
   if (!first_error.ok()) return first_error;
   return acked.load();
+}
+
+double ProcessCpuSeconds() {
+  struct rusage u {};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+double ThreadCpuSeconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_nsec) / 1e9;
 }
 
 }  // namespace cityos::bench

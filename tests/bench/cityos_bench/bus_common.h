@@ -54,6 +54,11 @@ absl::StatusOr<uint64_t> Prefill(BenchContext& ctx, Bus& bus,
                                  const event::v1::Event& event,
                                  uint64_t events);
 
+// CPU seconds this process has used (all threads, user + system), and the
+// calling thread's.
+double ProcessCpuSeconds();
+double ThreadCpuSeconds();
+
 }  // namespace cityos::bench
 
 #endif  // CITYOS_TESTS_BENCH_CITYOS_BENCH_BUS_COMMON_H_

@@ -18,6 +18,7 @@
 #include "bus_service.h"
 #include "cityos/bus.h"
 #include "cityos/bus/v1/bus.grpc.pb.h"
+#include "cityos/bus/v1/bus_wire.pb.h"
 #include "measure.h"
 #include "nats_peer.h"
 #include "nats_server.h"
@@ -65,6 +66,7 @@ class LoopbackService {
                         std::chrono::seconds(5));
   }
   bus::v1::BusService::Stub& stub() { return *stub_; }
+  grpc::ChannelInterface* channel() { return channel_.get(); }
 
  private:
   LoopbackService() = default;
@@ -207,7 +209,12 @@ absl::StatusOr<Result> RunPublishStream(BenchContext& ctx) {
   return r;
 }
 
-absl::StatusOr<Result> RunSubscribe(BenchContext& ctx) {
+// Subscribe in replay mode from the earliest. The client reads the public
+// cityos.bus.v1.SubscribeResponse (every event parsed, as any client of the
+// public API), or, with `bytes_client`, the wire-compatible
+// SubscribeResponseBytes (bus_wire.proto: each event left serialized, as a
+// client that forwards or stores events would).
+absl::StatusOr<Result> RunSubscribe(BenchContext& ctx, bool bytes_client) {
   const BenchOptions& o = ctx.options();
   const std::string subject = "bench.grpcsub.reading.zone1";
   absl::StatusOr<Event> event = ctx.SampleEvent(subject);
@@ -234,24 +241,53 @@ absl::StatusOr<Result> RunSubscribe(BenchContext& ctx) {
   grpc::ClientContext call;
   call.set_deadline(std::chrono::system_clock::now() +
                     absl::ToChronoSeconds(o.max_time + absl::Seconds(120)));
-  const int64_t start = NowNanos();
-  auto reader = (*service)->stub().Subscribe(&call, req);
-  bus::v1::SubscribeResponse resp;
   uint64_t delivered = 0;
   uint64_t responses = 0;
   uint64_t last_sequence = 0;
+  uint64_t event_bytes = 0;
   bool in_order = true;
-  while (delivered < *stored && reader->Read(&resp)) {
-    ++responses;
-    for (const bus::v1::Delivery& d : resp.deliveries()) {
-      in_order = in_order && d.sequence() == last_sequence + 1;
-      last_sequence = d.sequence();
+  grpc::Status status;
+  const double cpu0 = ProcessCpuSeconds();
+  const double thread_cpu0 = ThreadCpuSeconds();
+  const int64_t start = NowNanos();
+  if (!bytes_client) {
+    auto reader = (*service)->stub().Subscribe(&call, req);
+    bus::v1::SubscribeResponse resp;
+    while (delivered < *stored && reader->Read(&resp)) {
+      ++responses;
+      for (const bus::v1::Delivery& d : resp.deliveries()) {
+        in_order = in_order && d.sequence() == last_sequence + 1;
+        last_sequence = d.sequence();
+        event_bytes += d.event().binary_data().size();
+      }
+      delivered += static_cast<uint64_t>(resp.deliveries_size());
     }
-    delivered += static_cast<uint64_t>(resp.deliveries_size());
+    call.TryCancel();
+    status = reader->Finish();
+  } else {
+    // The generated stub's call, with the wire-compatible response type.
+    const grpc::internal::RpcMethod method(
+        "/cityos.bus.v1.BusService/Subscribe",
+        grpc::internal::RpcMethod::SERVER_STREAMING);
+    std::unique_ptr<grpc::ClientReader<bus::v1::SubscribeResponseBytes>> reader(
+        grpc::internal::ClientReaderFactory<bus::v1::SubscribeResponseBytes>::Create(
+            (*service)->channel(), method, &call, req));
+    bus::v1::SubscribeResponseBytes resp;
+    while (delivered < *stored && reader->Read(&resp)) {
+      ++responses;
+      for (const bus::v1::DeliveryBytes& d : resp.deliveries()) {
+        in_order = in_order && d.sequence() == last_sequence + 1;
+        last_sequence = d.sequence();
+        event_bytes += d.event().size();
+      }
+      delivered += static_cast<uint64_t>(resp.deliveries_size());
+    }
+    call.TryCancel();
+    status = reader->Finish();
   }
   const int64_t nanos = NowNanos() - start;
-  call.TryCancel();
-  grpc::Status status = reader->Finish();
+  const double cpu = ProcessCpuSeconds() - cpu0;
+  const double client_cpu = ThreadCpuSeconds() - thread_cpu0;
   if (delivered < *stored) {
     return absl::UnavailableError(absl::StrCat(
         "Subscribe delivered ", delivered, " of ", *stored, " and ended with ",
@@ -263,11 +299,25 @@ absl::StatusOr<Result> RunSubscribe(BenchContext& ctx) {
   Result r;
   r.value = Round(Rate(delivered, nanos), 0);
   r.extra["mode"] = "replay from earliest";
+  r.extra["client"] =
+      bytes_client
+          ? "reads bus.v1.SubscribeResponseBytes (wire-compatible; events left "
+            "serialized, their sizes summed)"
+          : "reads bus.v1.SubscribeResponse (every event parsed; binary_data "
+            "sizes summed)";
   r.extra["events"] = delivered;
   r.extra["responses"] = responses;
   r.extra["max_batch"] = kSubscribeMaxBatch;
   r.extra["event_bytes"] = o.event_bytes;
+  r.extra["client_bytes"] = event_bytes;
   r.extra["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
+  // Server and client share this process: the process's CPU per event, the
+  // client thread's share, and the cores the whole call kept busy.
+  r.extra["cpu_us_per_event"] =
+      Round(cpu * 1e6 / static_cast<double>(delivered), 3);
+  r.extra["client_cpu_us_per_event"] =
+      Round(client_cpu * 1e6 / static_cast<double>(delivered), 3);
+  r.extra["cores_used"] = Round(cpu * 1e9 / static_cast<double>(nanos), 2);
   return r;
 }
 
@@ -282,11 +332,20 @@ absl::Status RegisterBusGrpcScenarios(ScenarioRegistry& registry) {
                                    "file-storage js_PublishAsync)",
                     .run = RunPublishStream});
   if (!s.ok()) return s;
-  return registry.Add(
+  s = registry.Add(
       {.name = "bus.grpc.subscribe",
        .unit = "events/s",
-       .description = "gRPC Subscribe over loopback, replay of stored events",
-       .run = RunSubscribe});
+       .description = "gRPC Subscribe over loopback, replay of stored events; "
+                      "the client parses every event",
+       .run = [](BenchContext& ctx) { return RunSubscribe(ctx, false); }});
+  if (!s.ok()) return s;
+  return registry.Add(
+      {.name = "bus.grpc.subscribe.bytes",
+       .unit = "events/s",
+       .description = "as bus.grpc.subscribe, the client reading the "
+                      "wire-compatible SubscribeResponseBytes (events left "
+                      "serialized)",
+       .run = [](BenchContext& ctx) { return RunSubscribe(ctx, true); }});
 }
 
 }  // namespace cityos::bench
