@@ -7,6 +7,12 @@
 //   <stream>/consumers/<name>.json   a consumer's config and ack floor
 // Each log record's payload is: varint32 subject length, subject bytes, then
 // the serialized cityos.event.v1.Event.
+//
+// An `fsync` stream's log runs in two stages (bus/log_sync_stage.h): the log's
+// flusher writes each group (its Durability::kNone), a LogSyncStage thread
+// fdatasyncs and acknowledges, so the next group's write overlaps the current
+// sync. Readers and stream info of such a stream stop at the stage's
+// durable_last(): nothing is handed out before it is acknowledged.
 #include <condition_variable>
 #include <filesystem>
 #include <map>
@@ -18,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "bus/log_sync_stage.h"
 #include "bus/validate.h"
 #include "cityos/bus_backend.h"
 #include "cityos/clock.h"
@@ -26,6 +33,7 @@
 #include "cityos/subject.h"
 #include "core/file_util.h"
 #include "core/strings.h"
+#include "log/log_format.h"
 #include "log/segmented_log.h"
 
 namespace cityos {
@@ -35,6 +43,7 @@ namespace fs = std::filesystem;
 using log_internal::LogReader;
 using log_internal::LogRecord;
 using log_internal::SegmentedLog;
+using bus_internal::LogSyncStage;
 using nlohmann::json;
 
 constexpr int kFormat = 1;
@@ -181,6 +190,10 @@ struct Consumer {
   ConsumerConfig config;
   std::unique_ptr<LogReader> reader;  // positioned at next_seq
   uint64_t next_seq = 1;
+  // A record read from the log but not yet durable (fsync streams): handed
+  // out once it is. Its sequence is next_seq.
+  LogRecord held;
+  bool has_held = false;
   std::map<uint64_t, InFlight> in_flight;
   std::set<uint64_t> members;
   uint64_t redelivered = 0;
@@ -195,12 +208,46 @@ struct Consumer {
 struct Stream {
   StreamConfig config;
   std::string dir;
+  // fsync streams: the sync stage behind `log` (which then only writes).
+  std::shared_ptr<LogSyncStage> stage;
   std::unique_ptr<SegmentedLog> log;
   std::mutex mu;
   std::condition_variable cv;  // appends, acks/naks, members leaving, deletion
   bool deleted = false;        // guarded by mu
   bool closed = false;         // guarded by mu
   std::map<std::string, std::shared_ptr<Consumer>, std::less<>> consumers;  // mu
+
+  ~Stream() { CloseLog().IgnoreError(); }
+
+  // Closes the log (pending appends are written), then the stage (they are
+  // synced and acknowledged). Idempotent.
+  absl::Status CloseLog() {
+    absl::Status st = log ? log->Close() : absl::OkStatus();
+    if (stage) {
+      absl::Status c = stage->Close();
+      if (st.ok()) st = c;
+    }
+    return st;
+  }
+
+  // Newest record readers may see: acknowledged (durable for fsync streams).
+  uint64_t VisibleLast() const {
+    return stage ? std::min(stage->durable_last(), log->LastSequence()) : log->LastSequence();
+  }
+
+  // The log's extent as acknowledged: without the records an fsync stream
+  // has written but not yet synced.
+  log_internal::LogState State() const {
+    log_internal::LogState st = log->State();
+    if (!stage) return st;
+    const uint64_t durable = stage->durable_last();
+    if (st.last_sequence <= durable) return st;
+    st.last_sequence = std::max(durable, st.first_sequence - 1);
+    st.events = st.last_sequence + 1 - st.first_sequence;
+    st.last_time = st.events > 0 ? stage->durable_last_time() : absl::InfinitePast();
+    if (st.events == 0) st.first_time = absl::InfinitePast();
+    return st;
+  }
 };
 
 class LogStreamReader final : public StreamReader {
@@ -215,8 +262,15 @@ class LogStreamReader final : public StreamReader {
         return absl::NotFoundError(absl::StrCat("stream ", stream_->config.name, " was deleted"));
       }
     }
-    CITYOS_ASSIGN_OR_RETURN(bool more, reader_->Next(&rec_));
-    if (!more) return false;
+    const uint64_t visible = stream_->VisibleLast();
+    if (!held_) {
+      if (reader_->next_sequence() > visible) return false;
+      CITYOS_ASSIGN_OR_RETURN(bool more, reader_->Next(&rec_));
+      if (!more) return false;
+    }
+    // Written but not yet durable (retention skipped ahead): wait for it.
+    held_ = rec_.sequence > visible;
+    if (held_) return false;
     out->sequence = rec_.sequence;
     out->publish_time = rec_.publish_time;
     if (!DecodeRecord(rec_.payload, &out->subject, &out->payload)) {
@@ -225,12 +279,15 @@ class LogStreamReader final : public StreamReader {
     }
     return true;
   }
-  uint64_t next_sequence() const override { return reader_->next_sequence(); }
+  uint64_t next_sequence() const override {
+    return held_ ? rec_.sequence : reader_->next_sequence();
+  }
 
  private:
   std::shared_ptr<Stream> stream_;
   std::unique_ptr<LogReader> reader_;
   LogRecord rec_;
+  bool held_ = false;  // rec_ was read but is not yet visible
 };
 
 class LogBackend final : public BusBackend {
@@ -287,7 +344,7 @@ class LogBackend final : public BusBackend {
     // that Load() ignores.
     if (absl::Status w = WriteFileAtomically(dir + "/stream.json", StreamToJson(config).dump(2));
         !w.ok()) {
-      s->log->Close().IgnoreError();
+      s->CloseLog().IgnoreError();
       fs::remove_all(dir, ec);
       return w;
     }
@@ -312,7 +369,7 @@ class LogBackend final : public BusBackend {
     }
     s->cv.notify_all();
     s->log->SetAppendListener(nullptr);
-    absl::Status closed = s->log->Close();
+    absl::Status closed = s->CloseLog();
     // Remove stream.json first so a crash mid-delete leaves nothing loadable.
     std::error_code ec;
     fs::remove(fs::path(s->dir) / "stream.json", ec);
@@ -370,6 +427,26 @@ class LogBackend final : public BusBackend {
     for (size_t i = 0, start = 0; i < records.size(); start = ends[i], ++i) {
       views[i] = std::string_view(buf).substr(start, ends[i] - start);
     }
+    if (std::shared_ptr<LogSyncStage> stage = (*s)->stage) {
+      if (absl::Status refused = stage->Refusal(); !refused.ok()) {
+        done(refused, absl::InfinitePast());
+        return;
+      }
+      // Written by the log's flusher, synced and acknowledged by the stage.
+      const uint32_t n = static_cast<uint32_t>(records.size());
+      const uint64_t bytes = buf.size() + n * log_internal::kRecordOverhead;
+      stage->Admit(bytes);  // back-pressure: bounds what one sync covers
+      (*s)->log->AppendAsyncTimed(
+          views, [stage, n, bytes, done = std::move(done)](absl::StatusOr<uint64_t> first,
+                                                           absl::Time t) mutable {
+            stage->Written(std::move(first), n, bytes, t,
+                           [done = std::move(done)](absl::StatusOr<uint64_t> synced,
+                                                    absl::Time stored_at) mutable {
+                             done(std::move(synced), stored_at);
+                           });
+          });
+      return;
+    }
     (*s)->log->AppendAsyncTimed(
         views, [done = std::move(done)](absl::StatusOr<uint64_t> first, absl::Time t) mutable {
           done(std::move(first), t);
@@ -396,7 +473,7 @@ class LogBackend final : public BusBackend {
     while (true) {
       if (s->deleted) return NoStream(stream);
       if (s->closed) return absl::UnavailableError("the bus is shutting down");
-      uint64_t last = s->log->LastSequence();
+      uint64_t last = s->VisibleLast();
       if (last >= sequence) return last;
       absl::Duration left = deadline - absl::Now();
       if (left <= absl::ZeroDuration()) return last;
@@ -602,7 +679,7 @@ class LogBackend final : public BusBackend {
     absl::Status first;
     for (auto& [n, s] : all) {
       // Close the log first: pending appends complete and readers see them.
-      if (absl::Status c = s->log->Close(); !c.ok() && first.ok()) first = c;
+      if (absl::Status c = s->CloseLog(); !c.ok() && first.ok()) first = c;
       {
         std::lock_guard<std::mutex> lock(s->mu);
         s->closed = true;
@@ -645,6 +722,9 @@ class LogBackend final : public BusBackend {
     log_internal::LogOptions lo;
     lo.dir = s->dir + "/log";
     lo.durability = ToLogDurability(config.durability);
+    // fsync: the log writes, the stage below syncs (see the top of this file).
+    const bool staged = lo.durability == log_internal::Durability::kFsync;
+    if (staged) lo.durability = log_internal::Durability::kNone;
     lo.sync_interval = config.sync_interval;
     lo.segment_bytes = config.segment_bytes;
     lo.max_age = config.max_age;
@@ -659,12 +739,17 @@ class LogBackend final : public BusBackend {
     }
     // Wake waiters (replay subscribers, consumers) after each durable group.
     std::weak_ptr<Stream> weak = s;
-    s->log->SetAppendListener([weak](uint64_t) {
+    auto wake = [weak](uint64_t) {
       if (auto st = weak.lock()) {
         { std::lock_guard<std::mutex> lock(st->mu); }
         st->cv.notify_all();
       }
-    });
+    };
+    if (staged) {
+      s->stage = std::make_shared<LogSyncStage>(s->log.get(), lo.dir, std::move(wake));
+    } else {
+      s->log->SetAppendListener(std::move(wake));
+    }
     return s;
   }
 
@@ -690,15 +775,27 @@ class LogBackend final : public BusBackend {
 
   absl::Status PositionLocked(Stream& s, Consumer& c, uint64_t seq) {
     CITYOS_ASSIGN_OR_RETURN(c.reader, s.log->NewReader(std::max<uint64_t>(seq, 1)));
+    c.has_held = false;
     c.next_seq = c.reader->next_sequence();
     return absl::OkStatus();
   }
 
   absl::StatusOr<bool> ReadNext(Stream& s, Consumer& c, StoredRecord* out) {
-    LogRecord rec;
-    CITYOS_ASSIGN_OR_RETURN(bool more, c.reader->Next(&rec));
+    const uint64_t visible = s.VisibleLast();
+    LogRecord& rec = c.held;
+    if (!c.has_held) {
+      if (c.reader->next_sequence() > visible) return false;
+      CITYOS_ASSIGN_OR_RETURN(bool more, c.reader->Next(&rec));
+      c.next_seq = c.reader->next_sequence();
+      if (!more) return false;
+    }
+    // Written but not yet durable (retention skipped ahead): wait for it.
+    c.has_held = rec.sequence > visible;
+    if (c.has_held) {
+      c.next_seq = rec.sequence;
+      return false;
+    }
     c.next_seq = c.reader->next_sequence();
-    if (!more) return false;
     out->sequence = rec.sequence;
     out->publish_time = rec.publish_time;
     if (!DecodeRecord(rec.payload, &out->subject, &out->payload)) {
@@ -717,7 +814,7 @@ class LogBackend final : public BusBackend {
   }
 
   absl::StatusOr<uint64_t> Resolve(Stream& s, const StartPosition& start) {
-    log_internal::LogState st = s.log->State();
+    log_internal::LogState st = s.State();
     switch (start.kind) {
       case StartPosition::Kind::kEarliest:
         return st.first_sequence;
@@ -744,7 +841,7 @@ class LogBackend final : public BusBackend {
   }
 
   static StreamInfo BaseInfo(Stream& s) {
-    log_internal::LogState st = s.log->State();
+    log_internal::LogState st = s.State();
     StreamInfo info;
     info.config = s.config;
     info.first_sequence = st.events > 0 ? st.first_sequence : 0;
@@ -763,7 +860,7 @@ class LogBackend final : public BusBackend {
     info.ack_floor = c.AckFloor();
     info.next_sequence = c.next_seq;
     info.in_flight = static_cast<uint32_t>(c.in_flight.size());
-    uint64_t last = s.log->LastSequence();
+    uint64_t last = s.VisibleLast();
     info.pending = last >= c.next_seq ? last - c.next_seq + 1 : 0;
     info.members = static_cast<uint32_t>(c.members.size());
     info.redelivered = c.redelivered;
