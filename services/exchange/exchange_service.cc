@@ -19,6 +19,7 @@
 #include "cityos/logging.h"
 #include "cityos/proto_time.h"
 #include "cityos/subject.h"
+#include "google/protobuf/descriptor.h"
 
 namespace cityos {
 namespace {
@@ -173,8 +174,74 @@ bool Overlaps(const common::v1::TimeRange& window, absl::Time from, absl::Time t
 
 }  // namespace
 
+namespace {
+
+// Subscribe's responses come serialized from the hub: sent as they are.
+class StreamerSink final : public SubscribeSink {
+ public:
+  explicit StreamerSink(grpc::ServerSplitStreamer<SubscribeRequest, grpc::ByteBuffer>* stream)
+      : stream_(stream) {}
+  void SendInitialMetadata() override { stream_->SendInitialMetadata(); }
+  bool Write(std::string_view response) override {
+    grpc::Slice slice(response.data(), response.size());
+    grpc::ByteBuffer buffer(&slice, 1);
+    return stream_->Write(buffer);
+  }
+
+ private:
+  grpc::ServerSplitStreamer<SubscribeRequest, grpc::ByteBuffer>* const stream_;
+};
+
+// The same through the generated (typed) writer: each response parsed back.
+// Only used if the method table does not have Subscribe where expected.
+class ProtoWriterSink final : public SubscribeSink {
+ public:
+  explicit ProtoWriterSink(grpc::ServerWriter<SubscribeResponse>* writer) : writer_(writer) {}
+  void SendInitialMetadata() override { writer_->SendInitialMetadata(); }
+  bool Write(std::string_view response) override {
+    if (!parsed_.ParseFromArray(response.data(), static_cast<int>(response.size()))) return false;
+    return writer_->Write(parsed_);
+  }
+
+ private:
+  grpc::ServerWriter<SubscribeResponse>* const writer_;
+  SubscribeResponse parsed_;
+};
+
+// Subscribe's index in the service's method table (declaration order in
+// exchange.proto, as the generated code numbers them).
+constexpr int kSubscribeMethod = 4;
+
+bool SubscribeIsAt(int index) {
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          "cityos.exchange.v1.ExchangeService");
+  return service != nullptr && index < service->method_count() &&
+         service->method(index)->name() == "Subscribe" &&
+         service->method(index)->server_streaming() && !service->method(index)->client_streaming();
+}
+
+}  // namespace
+
 ExchangeServiceImpl::ExchangeServiceImpl(const ExchangeDeps* deps, ExchangeServiceOptions options)
-    : deps_(deps), options_(options), hub_(deps, options) {}
+    : deps_(deps), options_(options), hub_(deps, options) {
+  // Subscribe writes its responses as bytes (grpc::ByteBuffer), so stored
+  // events go out without being parsed and serialized again. The generated
+  // split-streaming registration (the same wire protocol as the typed one)
+  // with a byte buffer as the response type.
+  if (SubscribeIsAt(kSubscribeMethod)) {
+    MarkMethodStreamed(
+        kSubscribeMethod,
+        new grpc::internal::SplitServerStreamingHandler<SubscribeRequest, grpc::ByteBuffer>(
+            [this](grpc::ServerContext* context,
+                   grpc::ServerSplitStreamer<SubscribeRequest, grpc::ByteBuffer>* stream) {
+              return StreamedSubscribe(context, stream);
+            }));
+  } else {
+    LogError("exchange", "Subscribe is not where expected in the service's method table; "
+                         "serving it through the typed writer (slower)", {});
+  }
+}
 
 ExchangeServiceImpl::~ExchangeServiceImpl() { Stop(); }
 
@@ -614,7 +681,21 @@ grpc::Status ExchangeServiceImpl::Subscribe(grpc::ServerContext* context,
                                             grpc::ServerWriter<SubscribeResponse>* writer) {
   absl::StatusOr<Principal> who = Caller(context);
   if (!who.ok()) return ToGrpcStatus(who.status());
-  return hub_.Serve(context, *who, *request, writer);
+  ProtoWriterSink sink(writer);
+  return hub_.Serve(context, *who, *request, &sink);
+}
+
+grpc::Status ExchangeServiceImpl::StreamedSubscribe(
+    grpc::ServerContext* context,
+    grpc::ServerSplitStreamer<SubscribeRequest, grpc::ByteBuffer>* stream) {
+  SubscribeRequest request;
+  if (!stream->Read(&request)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "no request was received");
+  }
+  absl::StatusOr<Principal> who = Caller(context);
+  if (!who.ok()) return ToGrpcStatus(who.status());
+  StreamerSink sink(stream);
+  return hub_.Serve(context, *who, request, &sink);
 }
 
 // ---- explain and policy administration ------------------------------------

@@ -63,6 +63,11 @@ class ExchangeServiceImpl final : public exchange::v1::ExchangeService::Service 
   grpc::Status Subscribe(grpc::ServerContext* context,
                          const exchange::v1::SubscribeRequest* request,
                          grpc::ServerWriter<exchange::v1::SubscribeResponse>* writer) override;
+  // Subscribe as registered: responses written as bytes (see the
+  // constructor).
+  grpc::Status StreamedSubscribe(
+      grpc::ServerContext* context,
+      grpc::ServerSplitStreamer<exchange::v1::SubscribeRequest, grpc::ByteBuffer>* stream);
   grpc::Status Explain(grpc::ServerContext* context, const exchange::v1::ExplainRequest* request,
                        exchange::v1::ExplainResponse* response) override;
   grpc::Status LoadPolicies(grpc::ServerContext* context,

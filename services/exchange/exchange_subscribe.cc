@@ -13,6 +13,7 @@
 #include "cityos/logging.h"
 #include "cityos/proto_time.h"
 #include "cityos/subject.h"
+#include "event_wire.h"
 
 namespace cityos {
 namespace {
@@ -28,23 +29,6 @@ grpc::Status Invalid(std::string message) {
 // envelope attributes type, owner and data subject).
 bool NeedsEntity(const exchange::v1::EntityFilter& f) {
   return f.ids_size() > 0 || f.attributes_size() > 0 || f.has_area() || f.has_observed();
-}
-
-// The entity id EntityFromEvent gives the event: its non-empty
-// kEntityIdExtension, else its source. Events carry a handful of extensions
-// at most, so a scan beats hashing the key (this runs for every event of
-// every subscription filtered on ids).
-const std::string& EntityIdOf(const event::v1::Event& ev) {
-  const auto& ext = ev.extensions();
-  if (ext.size() <= 4) {
-    constexpr std::string_view kKey = kEntityIdExtension;
-    for (const auto& [key, value] : ext) {
-      if (key == kKey) return value.empty() ? ev.source() : value;
-    }
-    return ev.source();
-  }
-  auto it = ext.find(kEntityIdExtension);
-  return it != ext.end() && !it->second.empty() ? it->second : ev.source();
 }
 
 std::vector<std::string_view> Tokens(std::string_view s) {
@@ -150,7 +134,7 @@ struct SubscriptionHub::Live {
 };
 
 SubscriptionHub::SubscriptionHub(const ExchangeDeps* deps, ExchangeServiceOptions options)
-    : deps_(deps), options_(options) {}
+    : deps_(deps), options_(options), feeds_(deps->bus, deps->node, options.queue_depth) {}
 
 SubscriptionHub::~SubscriptionHub() { Stop(); }
 
@@ -302,7 +286,7 @@ void SubscriptionHub::Recheck(Live& live) {
 
 grpc::Status SubscriptionHub::Serve(grpc::ServerContext* context, const Principal& who,
                                     const SubscribeRequest& request,
-                                    grpc::ServerWriter<SubscribeResponse>* writer) {
+                                    SubscribeSink* sink) {
   PolicyDecisionPoint& pdp = *deps_->pdp;
   if (draining_.load()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the node is shutting down");
@@ -413,11 +397,12 @@ grpc::Status SubscriptionHub::Serve(grpc::ServerContext* context, const Principa
     }
     bus_options.stream = replay_stream;
     bus_options.subject_pattern = request.subject_pattern();
-  } else {
-    bus_options.subject_pattern = request.subject_pattern();
-    bus_options.queue_depth = options_.queue_depth;
   }
-  absl::StatusOr<std::unique_ptr<Subscription>> sub = bus.Subscribe(deps_->node, bus_options);
+  // Replay: a bus subscription of its own. Live: a member of the pattern's
+  // shared bus subscription, fed the events its filter can match.
+  absl::StatusOr<std::unique_ptr<Subscription>> sub =
+      replay_stream.empty() ? feeds_.Join(request.subject_pattern(), filter)
+                            : bus.Subscribe(deps_->node, bus_options);
   if (!sub.ok()) return ToGrpcStatus(sub.status());
 
   auto live = std::make_shared<Live>();
@@ -450,7 +435,7 @@ grpc::Status SubscriptionHub::Serve(grpc::ServerContext* context, const Principa
   if (draining_.load()) {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the node is shutting down");
   }
-  writer->SendInitialMetadata();
+  sink->SendInitialMetadata();
 
   const size_t max_batch = request.max_batch() == 0
                                ? options_.default_max_batch
@@ -459,70 +444,81 @@ grpc::Status SubscriptionHub::Serve(grpc::ServerContext* context, const Principa
   ObligationApplier& applier = deps_->appliers->For(who.org);
   uint64_t seen_epoch = 0;
   bool emergencies = false;
-  // Decisions as protos, built once per decision and borrowed by every
-  // delivery that carries them (no copy per event); each borrowed pointer is
-  // given back before its response is reset. The shared_ptr keeps the
-  // decision (and so the key) alive.
-  std::vector<std::pair<std::shared_ptr<const Decision>, std::unique_ptr<exchange::v1::Decision>>>
-      protos;
-  auto proto_for = [&](const std::shared_ptr<const Decision>& d) {
-    for (auto& [key, proto] : protos) {
-      if (key == d) return proto.get();
-    }
-    protos.emplace_back(d, std::make_unique<exchange::v1::Decision>(d->ToProto()));
-    return protos.back().second.get();
-  };
-  auto give_back = [&](SubscribeResponse* r) {
-    for (exchange::v1::ExchangeDelivery& d : *r->mutable_deliveries()) {
-      if (d.has_decision()) d.unsafe_arena_release_decision();
+  // Decisions serialized once per decision and copied into every delivery
+  // that carries them.
+  std::vector<std::pair<std::shared_ptr<const Decision>, std::string>> decision_bytes;
+  auto bytes_for = [&](const std::shared_ptr<const Decision>& d) -> const std::string& {
+    for (auto& [key, bytes] : decision_bytes) {
+      if (key == d) return bytes;
     }
     // Policies change rarely; a long stream must not hold every decision it
     // ever saw.
-    if (protos.size() > 64) protos.clear();
+    if (decision_bytes.size() >= 64) decision_bytes.clear();
+    decision_bytes.emplace_back(d, d->ToProto().SerializeAsString());
+    return decision_bytes.back().second;
   };
 
   std::vector<Delivery> got;
   got.reserve(max_batch);
-  // Responses live on an arena reset after each write: building a response
-  // of many copied events then costs few allocations.
-  google::protobuf::ArenaOptions arena_options;
-  arena_options.start_block_size = 64 << 10;
-  arena_options.max_block_size = 1 << 20;
-  google::protobuf::Arena arena(arena_options);
+  // The response being built, serialized (a SubscribeResponse: deliveries,
+  // then `missed`), reused from one response to the next.
+  std::string out;
+  size_t out_deliveries = 0;
+  uint64_t out_missed = 0;
+  auto send = [&]() -> bool {
+    if (out_missed > 0) {
+      AppendVarint((2 << 3) | 0, &out);
+      AppendVarint(out_missed, &out);
+    }
+    const bool written = sink->Write(out);
+    out.clear();
+    out_deliveries = 0;
+    out_missed = 0;
+    return written;
+  };
+  // One event after obligations, serialized (reused).
+  std::string event_bytes;
+  // Events that cannot go the wire way (live ones, or when the entity view or
+  // a location is needed) are copied here (reused) to apply obligations.
+  event::v1::Event copy;
   // Identical allows in a row (same action, subject, data subject and
-  // decision) are counted here and audited as one record.
+  // decision) are counted here and audited as one record. The views point
+  // into messages of `got`, which outlive every flush.
   struct Pending {
-    const Message* message = nullptr;
+    std::string_view subject;
+    std::string_view data_subject;
     Action action = Action::kSubscribe;
     std::shared_ptr<const Decision> decision;
     uint64_t count = 0;
   } pending;
   auto flush_audit = [&] {
     if (pending.count == 0) return;
-    const event::v1::Event& ev = pending.message->event();
-    deps_->auditor->Record(who_id, ActionName(pending.action), ev.subject(), request.purpose(),
-                           ev.data_subject(), *pending.decision, pending.count);
+    deps_->auditor->Record(who_id, ActionName(pending.action), pending.subject,
+                           request.purpose(), pending.data_subject, *pending.decision,
+                           pending.count);
     pending.count = 0;
     pending.decision.reset();
   };
-  auto audit_allow = [&](const Delivery& d, Action action,
+  auto audit_allow = [&](std::string_view subject, std::string_view data_subject, Action action,
                          const std::shared_ptr<const Decision>& decision) {
-    const event::v1::Event& ev = d.message->event();
     if (pending.count > 0 && pending.decision == decision && pending.action == action &&
-        pending.message->event().subject() == ev.subject() &&
-        pending.message->event().data_subject() == ev.data_subject()) {
+        pending.subject == subject && pending.data_subject == data_subject) {
       ++pending.count;
       return;
     }
     flush_audit();
-    pending = Pending{d.message.get(), action, decision, 1};
+    pending = Pending{subject, data_subject, action, decision, 1};
   };
+  // Events on the wire path / the parsed path (tests and benchmarks).
+  uint64_t wire_events = 0, parsed_events = 0;
   while (!context->IsCancelled()) {
     got.clear();
     uint64_t missed = 0;
     absl::Status s = (*sub)->Next(max_batch, options_.poll_interval, &got, &missed);
     if (!s.ok()) {
       if (absl::IsCancelled(s)) break;
+      stats_.wire_events.fetch_add(wire_events);
+      stats_.parsed_events.fetch_add(parsed_events);
       return ToGrpcStatus(s);
     }
     if (got.empty() && missed == 0) continue;
@@ -534,18 +530,9 @@ grpc::Status SubscriptionHub::Serve(grpc::ServerContext* context, const Principa
                       e.state() == exchange::v1::EMERGENCY_STATE_SCHEDULED;
       }
     }
-    // Created on the first delivery (or for a `missed` count): a narrow
-    // subscription mostly wakes for events its filter leaves out, and then
-    // needs no response at all.
-    SubscribeResponse* response = nullptr;
-    auto new_response = [&] {
-      arena.Reset();
-      response = google::protobuf::Arena::CreateMessage<SubscribeResponse>(&arena);
-    };
-    if (missed > 0) {
-      new_response();
-      response->set_missed(missed);
-    }
+    // A response is only sent when there is something in it: a narrow
+    // subscription mostly wakes for events its filter leaves out.
+    out_missed = missed;
     size_t bytes = 0;
     // The last delivered event, as an index into `got` (copying the
     // shared_ptrs per event would cost two atomic operations each).
@@ -556,32 +543,43 @@ grpc::Status SubscriptionHub::Serve(grpc::ServerContext* context, const Principa
     bool broken = false;
     for (const Delivery& d : got) {
       const Message& m = *d.message;
-      const event::v1::Event& ev = m.event();
+      // The wire path: stored events (replay) whose decision needs only the
+      // envelope, read from the stored bytes without parsing the event. Else
+      // the parsed event (live events are parsed already).
+      EnvelopeView env;
+      const bool wire = !m.wire().empty() && !emergencies && !filter_needs_entity &&
+                        env.Parse(m.wire());
+      const event::v1::Event* ev = wire ? nullptr : &m.event();
+      const std::string_view type = wire ? env.type : std::string_view(ev->type());
+      const std::string_view owner = wire ? env.owner : std::string_view(ev->owner());
+      const std::string_view data_subject =
+          wire ? env.data_subject : std::string_view(ev->data_subject());
+      const std::string_view subject = wire ? env.subject : std::string_view(ev->subject());
       // Envelope conditions of the filter first: cheap, and what the
       // subscription asked for is not the caller's business to be audited.
       // The ids first: a subscription naming ids wants few of the pattern's
       // events, and this test leaves out most of them soonest.
       if (filter.ids_size() > 0) {
-        // The entity id, as EntityFromEvent takes it: cheap enough to filter
-        // many narrow subscriptions before deciding anything.
-        const std::string& id = EntityIdOf(ev);
+        // The entity id, as EntityFromEvent takes it.
+        const std::string_view id = wire ? env.entity_id() : std::string_view(EntityIdOf(*ev));
         if (std::find(filter.ids().begin(), filter.ids().end(), id) == filter.ids().end()) {
           continue;
         }
       }
-      if (!filter.type().empty() && ev.type() != filter.type()) continue;
-      if (!filter.owner().empty() && ev.owner() != filter.owner()) continue;
-      if (!filter.data_subject().empty() && ev.data_subject() != filter.data_subject()) continue;
+      if (!filter.type().empty() && type != filter.type()) continue;
+      if (!filter.owner().empty() && owner != filter.owner()) continue;
+      if (!filter.data_subject().empty() && data_subject != filter.data_subject()) continue;
       const bool replayed = !replay_stream.empty() && m.stream == replay_stream &&
                             m.sequence <= replay_last;
       const Action action = replayed ? Action::kHistory : Action::kSubscribe;
-      AccessRequest req{.principal = &who, .action = action, .resource = ResourceView::Of(ev),
+      AccessRequest req{.principal = &who, .action = action,
+                        .resource = wire ? env.Resource() : ResourceView::Of(*ev),
                         .purpose = request.purpose()};
       std::optional<std::pair<double, double>> location;
       if (emergencies) {
         // Emergency rules are bound to an area: the decision needs where the
         // event is.
-        absl::StatusOr<exchange::v1::Entity> e = EntityFromEvent(ev);
+        absl::StatusOr<exchange::v1::Entity> e = EntityFromEvent(*ev);
         if (e.ok() && e->has_location()) {
           location = std::make_pair(e->location().latitude(), e->location().longitude());
         }
@@ -589,54 +587,64 @@ grpc::Status SubscriptionHub::Serve(grpc::ServerContext* context, const Principa
       }
       std::shared_ptr<const Decision> decision = pdp.Decide(req);
       if (!decision->allowed()) {
-        deps_->auditor->Record(who_id, ActionName(action), ev.subject(), request.purpose(),
-                               ev.data_subject(), *decision);
+        deps_->auditor->Record(who_id, ActionName(action), subject, request.purpose(),
+                               data_subject, *decision);
         continue;
       }
-      audit_allow(d, action, decision);
+      audit_allow(subject, data_subject, action, decision);
       // Aggregate-only data is never delivered record by record.
       if (decision->has_obligation(exchange::v1::OBLIGATION_KIND_AGGREGATE_ONLY)) continue;
       // The event's size, roughly (payload plus room for the envelope), to
       // keep each response well under gRPC's message limit.
-      const size_t size = ev.proto_data().value().size() + ev.text_data().size() +
-                          ev.binary_data().size() + 1024;
-      if (response == nullptr) {
-        new_response();
-      } else if (response->deliveries_size() > 0 && bytes + size > options_.max_response_bytes) {
-        const bool written = writer->Write(*response);
-        give_back(response);
-        if (!written) {
+      const size_t size =
+          (wire ? env.payload_bytes
+                : ev->proto_data().value().size() + ev->text_data().size() +
+                      ev->binary_data().size()) +
+          1024;
+      // The event as delivered: obligations applied, serialized.
+      std::string_view delivered;
+      absl::Status applied;
+      if (wire) {
+        if (decision->obligations.empty()) {
+          delivered = m.wire();
+        } else {
+          event_bytes.clear();
+          applied = applier.ApplyToWire(decision->obligations, m.wire(), &event_bytes);
+          delivered = event_bytes;
+        }
+      } else {
+        const event::v1::Event* view = ev;
+        if (!decision->obligations.empty()) {
+          copy = *ev;
+          applied = applier.Apply(decision->obligations, &copy);
+          view = &copy;
+        }
+        if (applied.ok() && filter_needs_entity) {
+          // Filtered on what the caller may see, so that a filter on a
+          // redacted field cannot reveal its value.
+          absl::StatusOr<exchange::v1::Entity> entity = EntityFromEvent(*view);
+          if (!entity.ok() || !MatchesFilter(filter, *entity)) continue;
+        }
+        event_bytes.clear();
+        if (applied.ok()) view->AppendToString(&event_bytes);
+        delivered = event_bytes;
+      }
+      if (!applied.ok()) {
+        // Fail closed: an obligation that cannot be met means no delivery.
+        LogWarn("exchange", "obligation cannot be applied; event withheld",
+                {{"subject", std::string(subject)}, {"error", std::string(applied.message())}});
+        continue;
+      }
+      if (out_deliveries > 0 && bytes + size > options_.max_response_bytes) {
+        if (!send()) {
           broken = true;
           break;
         }
-        new_response();
         bytes = 0;
       }
-      exchange::v1::ExchangeDelivery* out = response->add_deliveries();
-      event::v1::Event* copy = out->mutable_event();
-      *copy = ev;
-      if (!decision->obligations.empty()) {
-        absl::Status applied = applier.Apply(decision->obligations, copy);
-        if (!applied.ok()) {
-          // Fail closed: an obligation that cannot be met means no delivery.
-          LogWarn("exchange", "obligation cannot be applied; event withheld",
-                  {{"subject", ev.subject()}, {"error", std::string(applied.message())}});
-          response->mutable_deliveries()->RemoveLast();
-          continue;
-        }
-      }
-      if (filter_needs_entity) {
-        // Filtered on what the caller may see, so that a filter on a redacted
-        // field cannot reveal its value.
-        absl::StatusOr<exchange::v1::Entity> view = EntityFromEvent(*copy);
-        if (!view.ok() || !MatchesFilter(filter, *view)) {
-          response->mutable_deliveries()->RemoveLast();
-          continue;
-        }
-      }
-      TimestampToProto(m.publish_time, out->mutable_publish_time());
-      out->unsafe_arena_set_allocated_decision(proto_for(decision));
-      if (!m.stream.empty()) out->set_resume_token(MakeResumeToken(m.stream, m.sequence));
+      AppendDelivery(delivered, m.publish_time, bytes_for(decision), m.stream, m.sequence, &out);
+      ++out_deliveries;
+      ++(wire ? wire_events : parsed_events);
       bytes += size;
       last_allowed = &d;
       last_location = location;
@@ -655,15 +663,15 @@ grpc::Status SubscriptionHub::Serve(grpc::ServerContext* context, const Principa
       }
       NoteDeadline(last_decision->valid_until);
     }
-    if (response != nullptr && (response->deliveries_size() > 0 || response->missed() > 0)) {
-      const bool written = writer->Write(*response);
-      give_back(response);
-      if (!written) break;
+    if (out_deliveries > 0 || out_missed > 0) {
+      if (!send()) break;
     }
     if (got.size() < max_batch && options_.linger > absl::ZeroDuration()) {
       live->Linger(options_.linger);
     }
   }
+  stats_.wire_events.fetch_add(wire_events);
+  stats_.parsed_events.fetch_add(parsed_events);
   flush_audit();
   return grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
 }

@@ -21,6 +21,12 @@
 // Withdrawal for some events only (another data subject's consent) just stops
 // those events: each is decided on its own.
 //
+// Live subscriptions (no start_time / resume_token) of one subject pattern
+// share one bus subscription (LiveFeeds, live_feed.h): its dispatcher hands
+// each event to the subscriptions whose filter can match it (indexed by entity
+// id and type), so the cost per event does not grow with the number of
+// narrow subscriptions. Everything after that is per subscription as before.
+//
 // Replay (start_time / resume_token) reads the bus stream that captures the
 // whole subject pattern; replayed events are decided as `history`, live ones
 // as `subscribe`. resume_token = "<stream>:<sequence>".
@@ -37,6 +43,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
@@ -53,6 +60,7 @@
 #include "cityos/principal.h"
 #include "cityos/state_store.h"
 #include "decision_audit.h"
+#include "live_feed.h"
 
 namespace cityos {
 
@@ -101,8 +109,9 @@ struct ExchangeServiceOptions {
   // Subscribe: how long one wait for events lasts before the call checks
   // whether it was cancelled. Default: 100 ms.
   absl::Duration poll_interval = absl::Milliseconds(100);
-  // Subscribe: live queue bound of each subscription's bus subscription, in
-  // events; 0 = the bus default.
+  // Subscribe: live queue bound of each live subscription, in events (the
+  // pattern's shared bus subscription takes the bus default or this,
+  // whichever is larger); 0 = 65,536, the bus default.
   size_t queue_depth = 0;
   // Subscribe: after a wake-up that found less than a full batch, the call
   // lets events gather this long before it waits for more. An idle stream
@@ -113,6 +122,16 @@ struct ExchangeServiceOptions {
   // early when the stream is cut (access withdrawn, shutdown). Adds at most
   // this much latency under load; 0 = no pause. Default: 10 ms.
   absl::Duration linger = absl::Milliseconds(10);
+};
+
+// Where Serve writes a Subscribe call's responses: serialized
+// cityos.exchange.v1.SubscribeResponse messages.
+class SubscribeSink {
+ public:
+  virtual ~SubscribeSink() = default;
+  virtual void SendInitialMetadata() = 0;
+  // Sends one serialized SubscribeResponse; false when the stream is broken.
+  virtual bool Write(std::string_view response) = 0;
 };
 
 class SubscriptionHub {
@@ -130,12 +149,20 @@ class SubscriptionHub {
   void Stop();
 
   // The whole Subscribe call for an authenticated caller.
+  // Responses are built as bytes: a delivery of a stored event (replay)
+  // carries the stored bytes after obligations applied on the wire, decided
+  // from the envelope read off the bytes (no parse of the event), unless the
+  // filter needs the entity view or an emergency needs the event's location;
+  // live events and those cases go through the parsed event.
   grpc::Status Serve(grpc::ServerContext* context, const Principal& who,
-                     const exchange::v1::SubscribeRequest& request,
-                     grpc::ServerWriter<exchange::v1::SubscribeResponse>* writer);
+                     const exchange::v1::SubscribeRequest& request, SubscribeSink* sink);
 
   // Open subscriptions (tests).
   size_t open() const;
+  // Deliveries of ended calls so far, by path (tests, benchmarks): built
+  // from the stored bytes / from the parsed event.
+  uint64_t wire_deliveries() const { return stats_.wire_events.load(); }
+  uint64_t parsed_deliveries() const { return stats_.parsed_events.load(); }
 
  private:
   struct Live;
@@ -165,6 +192,12 @@ class SubscriptionHub {
   uint64_t watch_id_ = 0;
   bool watching_ = false;
   std::thread rechecker_;
+  struct Stats {
+    std::atomic<uint64_t> wire_events{0};
+    std::atomic<uint64_t> parsed_events{0};
+  } stats_;
+  // Live (non-replay) subscriptions: one shared bus subscription per pattern.
+  LiveFeeds feeds_;
 };
 
 // "<stream>:<sequence>", and its inverse (INVALID_ARGUMENT when malformed).

@@ -508,5 +508,81 @@ TEST(ObligationApplier, WireEqualsReflectionAndEntityViewCommutes) {
   EXPECT_GT(rewritten, 1000);  // the property was exercised, not vacuous
 }
 
+// ApplyToWire on the serialized event gives what Apply gives on the parsed
+// one: payload-only obligations rewrite the payload bytes in place (the rest of
+// the event copied byte for byte), envelope ones take the parse path; errors
+// leave `out` untouched.
+TEST(ObligationApplier, ApplyToWireEqualsApply) {
+  health::v1::ElderlyCareAlert alert;
+  alert.set_alert_id("a-1");
+  alert.set_message("fell in bathroom");
+  alert.mutable_vitals()->set_device_id("watch-7");
+  alert.mutable_vitals()->set_heart_rate_bpm(120);
+  event::v1::Event ev = Wrap(alert);
+  (*ev.mutable_extensions())[kEntityIdExtension] = "a-1";
+  ev.set_publisher("spiffe://x/org/o/svc/s");
+  mobility::v1::Trip trip;
+  trip.set_trip_id("t");
+  trip.mutable_origin()->mutable_location()->set_latitude(28.97);
+  trip.mutable_origin()->mutable_location()->set_longitude(118.87);
+  event::v1::Event text = ev;
+  text.set_text_data("plain text");
+  event::v1::Event everything_redacted = Wrap(alert);
+  ObligationApplier applier(PseudonymKey::ForRecipient(kSecret, "hospital-a"));
+  struct Case {
+    const char* name;
+    event::v1::Event event;
+    std::vector<Obligation> obligations;
+  };
+  std::vector<Case> cases = {
+      {"redact nested", ev, {Redact({"message", "vitals.heart_rate_bpm"})}},
+      {"pseudonymize", ev, {Pseudo({"vitals.device_id"})}},
+      {"envelope too", ev, {Redact({"message"}), Pseudo({"event.data_subject"})}},
+      {"coarsen", Wrap(trip), {CoarsenLoc({"origin.location"}, 111320)}},
+      {"time of the event", ev, {CoarsenTimeOb({}, 60)}},
+      {"text payload: fails closed", text, {Redact({"message"})}},
+      {"text payload, envelope obligation", text, {Redact({"event.subject"})}},
+      {"no payload path present", Wrap(trip), {Redact({"trip_id", "origin"})}},
+      {"nothing changes data", ev, {}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    event::v1::Event want = c.event;
+    absl::Status want_status = applier.Apply(c.obligations, &want);
+    const std::string wire = c.event.SerializeAsString();
+    std::string out = "prefix";
+    absl::Status status = applier.ApplyToWire(c.obligations, wire, &out);
+    ASSERT_EQ(status, want_status);
+    if (!status.ok()) {
+      EXPECT_EQ(out, "prefix");
+      continue;
+    }
+    ASSERT_EQ(out.substr(0, 6), "prefix");
+    event::v1::Event got;
+    ASSERT_TRUE(got.ParseFromString(out.substr(6)));
+    EXPECT_TRUE(MessageDifferencer::Equals(got, want))
+        << "got " << got.ShortDebugString() << "\nwant " << want.ShortDebugString();
+  }
+  // Payload-only: everything outside the payload is the stored bytes.
+  std::string out;
+  ASSERT_TRUE(applier.ApplyToWire({Redact({"message"})}, ev.SerializeAsString(), &out).ok());
+  event::v1::Event no_payload = ev;
+  no_payload.clear_proto_data();
+  event::v1::Event got;
+  ASSERT_TRUE(got.ParseFromString(out));
+  got.clear_proto_data();
+  EXPECT_EQ(got.SerializeAsString(), no_payload.SerializeAsString());
+  // Errors: not an event; a payload path on a type this node does not know.
+  out = "kept";
+  EXPECT_EQ(applier.ApplyToWire({Redact({"message"})}, std::string("\x0a\x05ab", 4), &out).code(),
+            absl::StatusCode::kInvalidArgument);
+  event::v1::Event unknown = ev;
+  unknown.mutable_proto_data()->set_type_url("type.googleapis.com/no.such.Type");
+  absl::Status s = applier.ApplyToWire({Redact({"message"})}, unknown.SerializeAsString(), &out);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("no.such.Type"), std::string_view::npos) << s;
+  EXPECT_EQ(out, "kept");
+}
+
 }  // namespace
 }  // namespace cityos

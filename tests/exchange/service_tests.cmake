@@ -10,3 +10,11 @@ cityos_test(exchange_service_test LABEL exchange
   DEFINES CITYOSCTL_PATH="$<TARGET_FILE:cityosctl>"
   TIMEOUT 300)
 add_dependencies(exchange_service_test cityosctl)
+
+# LiveFeeds: live exchange subscriptions sharing one bus subscription per
+# pattern (dispatch by id / type, per-member queues, missed counts, ends);
+# event_wire: envelopes read off stored bytes, deliveries framed as bytes.
+cityos_test(exchange_live_feed_test LABEL exchange
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/live_feed_test.cc
+          ${CMAKE_CURRENT_SOURCE_DIR}/event_wire_test.cc
+  LIBS cityos_exchange_service)

@@ -94,6 +94,15 @@ class ObligationApplier {
 
   absl::Status Apply(absl::Span<const exchange::v1::Obligation> obligations,
                      event::v1::Event* event);
+  // The same on a serialized event (`wire`, e.g. as a bus stream stores it):
+  // appends the obligated event, serialized, to `out`. Payload obligations
+  // rewrite the payload bytes in place and every other byte is copied as is
+  // (no parse of the event); obligations on `event.` paths parse the event,
+  // apply them and serialize it. Parsing `out`'s bytes gives the event
+  // Apply() gives. Errors as Apply(), plus INVALID_ARGUMENT when `wire` is not
+  // an event's encoding; `out` is left as it was on error.
+  absl::Status ApplyToWire(absl::Span<const exchange::v1::Obligation> obligations,
+                           std::string_view wire, std::string* out);
   // The same on an entity's attributes (paths are attribute paths; `event.`
   // paths act on the envelope fields of the entity; `location` also acts on
   // the entity location). Leaves `entity->obligations()` to the caller.

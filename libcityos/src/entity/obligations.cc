@@ -34,6 +34,78 @@ using exchange::v1::Value;
 
 namespace {
 
+// Minimal protobuf wire reading for ApplyToWire (top level of an event and of
+// its Any payload).
+bool ReadVarint64(const char** p, const char* end, uint64_t* v) {
+  uint64_t result = 0;
+  for (int shift = 0; shift < 64 && *p < end; shift += 7) {
+    const uint8_t b = static_cast<uint8_t>(*(*p)++);
+    result |= static_cast<uint64_t>(b & 0x7f) << shift;
+    if ((b & 0x80) == 0) {
+      *v = result;
+      return true;
+    }
+  }
+  return false;
+}
+
+void AppendVarint64(uint64_t v, std::string* out) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// One top-level field: its number, its whole encoding [begin, end) and, for
+// length-delimited fields, its content.
+struct WireField {
+  uint32_t number = 0;
+  const char* begin = nullptr;
+  const char* end = nullptr;
+  std::string_view content;
+  bool delimited = false;
+};
+
+// Reads the next field at *p; false when malformed (groups are refused: no
+// event field is one).
+bool NextField(const char** p, const char* end, WireField* f) {
+  f->begin = *p;
+  uint64_t tag = 0;
+  if (!ReadVarint64(p, end, &tag)) return false;
+  f->number = static_cast<uint32_t>(tag >> 3);
+  if (f->number == 0) return false;
+  f->delimited = false;
+  switch (tag & 7) {
+    case 0: {
+      uint64_t ignored;
+      if (!ReadVarint64(p, end, &ignored)) return false;
+      break;
+    }
+    case 1:
+      if (end - *p < 8) return false;
+      *p += 8;
+      break;
+    case 5:
+      if (end - *p < 4) return false;
+      *p += 4;
+      break;
+    case 2: {
+      uint64_t len = 0;
+      if (!ReadVarint64(p, end, &len) || len > static_cast<uint64_t>(end - *p)) return false;
+      f->content = std::string_view(*p, static_cast<size_t>(len));
+      f->delimited = true;
+      *p += len;
+      break;
+    }
+    default:
+      return false;
+  }
+  f->end = *p;
+  return true;
+}
+
+
 std::atomic<uint64_t> next_applier_id{1};
 
 // Plans beyond this many are dropped wholesale: decisions carry a handful of
@@ -107,20 +179,21 @@ struct ObligationApplier::Impl {
 
 absl::StatusOr<std::shared_ptr<const Plan>> ObligationApplier::Impl::GetPlan(
     absl::Span<const Obligation> obligations, std::string_view type) {
-  uint64_t h = HashKey(obligations, type);
   // The last plan this thread used for this applier: a subscription applies
   // the same decision to a run of events, so this usually hits without
-  // touching the shared lock.
+  // touching the shared lock, and without hashing the obligations (compared
+  // as they are instead: one or two obligations of a path or two).
   struct Memo {
     uint64_t applier = 0;
     uint64_t hash = 0;
     std::shared_ptr<const Plan> plan;
   };
   thread_local Memo memo;
-  if (memo.applier == id && memo.hash == h && memo.plan->type == type &&
+  if (memo.applier == id && memo.plan->type == type &&
       SameObligations(memo.plan->obligations, obligations)) {
     return memo.plan;
   }
+  uint64_t h = HashKey(obligations, type);
   {
     absl::ReaderMutexLock lock(&mu);
     auto it = cache.find(h);
@@ -186,6 +259,110 @@ absl::Status ObligationApplier::Apply(absl::Span<const Obligation> obligations,
   }
   entity_internal::ApplyEnvelope(plan->envelope, impl_->hmac, event);
   if (rewrite) event->mutable_proto_data()->mutable_value()->swap(buffer);
+  return absl::OkStatus();
+}
+
+absl::Status ObligationApplier::ApplyToWire(absl::Span<const Obligation> obligations,
+                                            std::string_view wire, std::string* out) {
+  if (!AnyChangesData(obligations)) {
+    out->append(wire);
+    return absl::OkStatus();
+  }
+  auto not_an_event = [] {
+    return absl::InvalidArgumentError("obligations: the serialized event does not parse");
+  };
+  // The payload: the last of the `data` oneof's fields wins, as in a parse.
+  constexpr uint32_t kBinaryData = 20, kTextData = 21, kProtoData = 22;
+  WireField any_field;
+  int any_count = 0;
+  uint32_t data_field = 0;
+  {
+    const char* p = wire.data();
+    const char* const end = p + wire.size();
+    WireField f;
+    while (p < end) {
+      if (!NextField(&p, end, &f)) return not_an_event();
+      if (f.number == kBinaryData || f.number == kTextData || f.number == kProtoData) {
+        if (!f.delimited) return not_an_event();
+        data_field = f.number;
+        if (f.number == kProtoData) {
+          any_field = f;
+          ++any_count;
+        }
+      }
+    }
+  }
+  std::string_view type_url, value;
+  int value_count = 0;
+  if (data_field == kProtoData) {
+    const char* p = any_field.content.data();
+    const char* const end = p + any_field.content.size();
+    WireField f;
+    while (p < end) {
+      if (!NextField(&p, end, &f)) return not_an_event();
+      if (f.number == 1 && f.delimited) type_url = f.content;
+      if (f.number == 2 && f.delimited) {
+        value = f.content;
+        ++value_count;
+      }
+    }
+  }
+  std::string_view type =
+      data_field == kProtoData ? entity_internal::TypeNameFromUrl(type_url) : std::string_view();
+  CITYOS_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, impl_->GetPlan(obligations, type));
+  if (!plan->envelope.empty() || any_count > 1 || value_count > 1) {
+    // Envelope obligations (or an unusual encoding): the reference path.
+    thread_local event::v1::Event parsed;
+    if (!parsed.ParseFromArray(wire.data(), static_cast<int>(wire.size()))) {
+      return not_an_event();
+    }
+    CITYOS_RETURN_IF_ERROR(Apply(obligations, &parsed));
+    parsed.AppendToString(out);
+    return absl::OkStatus();
+  }
+  if (plan->descriptor == nullptr && !plan->attributes.empty() && data_field != 0) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "obligation path \"%s\" cannot be applied: payload type \"%s\" is unknown to this node",
+        absl::StrJoin(plan->attributes.front().tokens, "."),
+        data_field == kProtoData ? std::string(type) : std::string("(not protobuf)")));
+  }
+  if (plan->root == nullptr || data_field != kProtoData || value_count == 0) {
+    // Nothing to rewrite (an absent value rewrites to an absent value).
+    out->append(wire);
+    return absl::OkStatus();
+  }
+  thread_local std::string buffer;
+  buffer.clear();
+  if (!entity_internal::RewriteWire(*plan->root, value, impl_->hmac, &buffer)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("payload of type \"%s\" does not parse", type));
+  }
+  // The Any again, its value replaced, every other field as it was.
+  thread_local std::string any;
+  any.clear();
+  {
+    const char* p = any_field.content.data();
+    const char* const end = p + any_field.content.size();
+    WireField f;
+    while (p < end) {
+      NextField(&p, end, &f);  // checked above
+      if (f.number == 2 && f.delimited) {
+        if (!buffer.empty()) {  // proto3: an empty value is not written
+          any.push_back(static_cast<char>((2 << 3) | 2));
+          AppendVarint64(buffer.size(), &any);
+          any.append(buffer);
+        }
+      } else {
+        any.append(f.begin, static_cast<size_t>(f.end - f.begin));
+      }
+    }
+  }
+  out->reserve(out->size() + wire.size() + 16);
+  out->append(wire.data(), static_cast<size_t>(any_field.begin - wire.data()));
+  AppendVarint64((kProtoData << 3) | 2, out);
+  AppendVarint64(any.size(), out);
+  out->append(any);
+  out->append(any_field.end, static_cast<size_t>(wire.data() + wire.size() - any_field.end));
   return absl::OkStatus();
 }
 
