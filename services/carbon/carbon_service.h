@@ -34,6 +34,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -349,10 +350,11 @@ class CarbonAccountServiceImpl final
   // Ingest thread only: reading inputs reused from batch to batch (parsing
   // into them reuses their strings' capacity: no allocation per reading).
   std::vector<ReadingInput> reading_buf_;
-  // Ingest thread only: whether `e`'s owner may report for `account_id`
+  // Ingest thread only: whether an event's owner may report for `account_id`
   // (CarbonServiceConfig::reporters); the org of each account's enterprise,
   // cached (an account's org never changes).
-  bool MayReport(const event::v1::Event& e, const std::string& account_id);
+  bool MayReport(std::string_view owner, std::string_view event_id,
+                 const std::string& account_id);
   const absl::flat_hash_set<std::string> reporters_{config_.reporters.begin(),
                                                     config_.reporters.end()};
   absl::flat_hash_map<std::string, std::string> reporter_org_;

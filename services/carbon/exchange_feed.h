@@ -4,6 +4,12 @@
 // certificate) and for one purpose (`carbon_accounting`), and hands the
 // deliveries in batches to a handler.
 //
+// Responses are read as bytes, not parsed into protobuf messages: each
+// delivery is a set of views into its response's bytes (feed_wire.h: the
+// event's id, type, owner and proto_data, the consent id, the resume token),
+// so the feed builds no Event and allocates nothing per event; the consumer
+// parses the payload it needs (a MeterReading) straight from the bytes.
+//
 //   CITYOS_ASSIGN_OR_RETURN(auto feed, ExchangeFeed::Start(
 //       {.address = [] { return std::string("127.0.0.1:7443"); },
 //        .tls = identity.tls, .server_id = identity.server_id,
@@ -45,8 +51,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "cityos/event/v1/event.pb.h"
 #include "cityos/tls.h"
+#include "feed_wire.h"
 
 namespace grpc {
 class ClientContext;
@@ -56,26 +62,6 @@ namespace cityos::carbon {
 
 // The purpose the carbon account reads under.
 inline constexpr char kCarbonPurpose[] = "carbon_accounting";
-
-// One event the exchange delivered. It points into the response message it
-// came in, which `keep` holds alive (with the arena the response was parsed
-// on): copying or moving a delivery copies references, never the event, and
-// a response's memory goes back in one piece when its last delivery is
-// dropped.
-struct FeedDelivery {
-  // The event; never null.
-  const event::v1::Event* event = nullptr;
-  // The consent the exchange's decision relied on (personal data); empty when
-  // none was needed. Never null.
-  const std::string* consent_id = nullptr;
-  // Resume after this delivery; empty when the event was not stored. Never
-  // null.
-  const std::string* resume_token = nullptr;
-  // Index of the pattern (ExchangeFeedOptions::patterns) it came on.
-  size_t pattern = 0;
-  // Owns what the pointers above point into.
-  std::shared_ptr<const void> keep;
-};
 
 struct ExchangeFeedOptions {
   // The exchange's host:port, asked at every (re)connect (a hosting node

@@ -2,6 +2,7 @@
 # service's only input path), the `carbon` plug-in and the cityos-carbon
 # binary. Links every other carbon part.
 add_library(cityos_carbon_service STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/feed_wire.cc
   ${CMAKE_CURRENT_LIST_DIR}/exchange_feed.cc
   ${CMAKE_CURRENT_LIST_DIR}/carbon_service.cc
   ${CMAKE_CURRENT_LIST_DIR}/carbon_service_rpc.cc

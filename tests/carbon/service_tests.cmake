@@ -9,3 +9,15 @@ cityos_test(carbon_service_test LABEL carbon
   LIBS cityosd_lib cityos_exchange_service cityos_infobank cityos_carbon_service cityosctl_lib
   TIMEOUT 300)
 target_include_directories(carbon_service_test PRIVATE ${PROJECT_SOURCE_DIR}/tests/exchange)
+# The feed's reading of Subscribe responses from their bytes (feed_wire.h):
+# agrees with a full protobuf parse, including unusual but valid wire, every
+# prefix and random corruptions; malformed bytes are DATA_LOSS.
+cityos_test(carbon_feed_wire_test LABEL carbon
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/feed_wire_test.cc
+  LIBS cityos_carbon_service)
+# ExchangeFeed against a fake exchange (mTLS, raw Subscribe): real requests,
+# deliveries read from the bytes, a malformed response refused and the stream
+# resumed.
+cityos_test(carbon_exchange_feed_test LABEL carbon
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/exchange_feed_test.cc
+  LIBS cityos_carbon_service)

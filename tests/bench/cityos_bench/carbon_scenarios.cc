@@ -12,6 +12,9 @@
 //                             publish until the service has accounted every
 //                             reading. Peer: the plain bus gRPC Subscribe
 //                             (replay) of the same stream in the same run.
+//                             Also reported: CPU per reading of the whole
+//                             process and of the carbon service's own threads
+//                             (carbon-feed, carbon-ingest, carbon-ledger).
 //                             Target >= 200k/s.
 //   carbon.alarm.latency      p50/p99 ms from publishing (gRPC) the reading
 //                             that breaks a plan to the Alarm event seen on
@@ -24,11 +27,16 @@
 // connects to that server with its own certificate.
 #include <grpcpp/grpcpp.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -144,12 +152,33 @@ absl::StatusOr<event::v1::Event> ReadingEvent(const cv1::MeterReading& r) {
 // ---- carbon.account.inprocess
 // ------------------------------------------------
 
-// CPU seconds this process has used (all threads, user + system).
-double CpuSeconds() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
-         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+// CPU seconds (user + system) used so far by this process's threads, summed
+// by thread name for the names starting with `prefix` (the carbon service
+// names its threads carbon-feed, carbon-ingest, carbon-ledger); 10 ms
+// resolution (/proc/self/task/*/stat).
+std::map<std::string, double> ThreadCpuSeconds(std::string_view prefix) {
+  std::map<std::string, double> out;
+  const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+  std::error_code ec;
+  for (const auto& e :
+       std::filesystem::directory_iterator("/proc/self/task", ec)) {
+    std::ifstream comm(e.path() / "comm");
+    std::string name;
+    if (!std::getline(comm, name) || name.rfind(prefix, 0) != 0) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const size_t paren = line.rfind(')');
+    if (paren == std::string::npos) continue;
+    // After "pid (comm) ": state is field 3, utime 14, stime 15.
+    std::istringstream in(line.substr(paren + 2));
+    std::string skip;
+    for (int f = 3; f <= 13; ++f) in >> skip;
+    long utime = 0, stime = 0;
+    in >> utime >> stime;
+    out[name] += static_cast<double>(utime + stime) / tick;
+  }
+  return out;
 }
 
 absl::StatusOr<Result> RunInProcess(BenchContext& ctx) {
@@ -452,12 +481,13 @@ absl::StatusOr<Result> RunE2e(BenchContext& ctx) {
     *requests.back().add_events() = *std::move(e);
   }
   const CarbonAccountServiceImpl::Stats before = svc->stats();
-  // Two publishers, each its own channel's stub, requests interleaved.
+  // kPublishers publishers, each with its own stub, requests interleaved.
   constexpr int kPublishers = 4;
   std::atomic<uint64_t> failed{0};
   std::string first_error;
   absl::Mutex mu;
-  const double cpu0 = CpuSeconds();
+  const double cpu0 = ProcessCpuSeconds();
+  const std::map<std::string, double> carbon_cpu0 = ThreadCpuSeconds("carbon-");
   const int64_t start = NowNanos();
   std::vector<std::thread> threads;
   for (int p = 0; p < kPublishers; ++p) {
@@ -496,7 +526,8 @@ absl::StatusOr<Result> RunE2e(BenchContext& ctx) {
     absl::SleepFor(absl::Microseconds(200));
   }
   const int64_t nanos = NowNanos() - start;
-  const double cpu = CpuSeconds() - cpu0;
+  const double cpu = ProcessCpuSeconds() - cpu0;
+  std::map<std::string, double> carbon_cpu = ThreadCpuSeconds("carbon-");
   const CarbonAccountServiceImpl::Stats after = svc->stats();
   if (accounted < total) {
     return absl::InternalError(absl::StrCat(
@@ -524,6 +555,23 @@ absl::StatusOr<Result> RunE2e(BenchContext& ctx) {
   res.extra["cores_used"] = Round(cpu * 1e9 / static_cast<double>(nanos), 2);
   res.extra["cpu_us_per_reading"] =
       Round(cpu * 1e6 / static_cast<double>(total), 2);
+  // Of that, the carbon service's own threads (feed: reading the exchange's
+  // responses; ingest: accounting; ledger: the SQLite writer), by name.
+  double carbon_total = 0;
+  nlohmann::ordered_json by_thread = nlohmann::ordered_json::object();
+  for (auto& [name, secs] : carbon_cpu) {
+    auto it = carbon_cpu0.find(name);
+    const double d = secs - (it == carbon_cpu0.end() ? 0 : it->second);
+    carbon_total += d;
+    by_thread[name] = Round(d * 1e6 / static_cast<double>(total), 2);
+  }
+  res.extra["carbon_cpu_us_per_reading"] =
+      Round(carbon_total * 1e6 / static_cast<double>(total), 2);
+  res.extra["carbon_threads_cpu_us_per_reading"] = by_thread;
+  // How the feed reads the exchange's responses (see exchange_feed.h).
+  res.extra["feed_reads"] =
+      "response bytes: envelope fields and MeterReading parsed from the wire, "
+      "no Event built";
   res.extra["hardware_threads"] = std::thread::hardware_concurrency();
   res.extra["target"] = ">= 200000 readings/s";
   // Peer: the plain bus gRPC Subscribe (replay) of the same stream.
