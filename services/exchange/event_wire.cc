@@ -31,6 +31,7 @@ bool EnvelopeView::Parse(std::string_view bytes) {
   *this = EnvelopeView();
   wire::Reader r(bytes);
   constexpr std::string_view kEntityKey = kEntityIdExtension;
+  int payload_fields = 0;
   while (!r.done()) {
     uint32_t number, wire_type;
     if (!r.ReadTag(&number, &wire_type)) return false;
@@ -66,6 +67,11 @@ bool EnvelopeView::Parse(std::string_view bytes) {
       case 20:
       case 21:
       case 22:
+        // A parse keeps only the last member of the payload oneof (and merges
+        // repeated proto_data); the stored bytes would still carry the others,
+        // which obligations on the wire would not touch. Such events take the
+        // parsed path.
+        if (++payload_fields > 1) return false;
         payload_bytes = content.size();
         break;
       default:

@@ -42,7 +42,10 @@ struct EnvelopeView {
 
   // False when `wire` is not a well-formed encoding of an event's top level
   // and its extensions' entries at the wire level (cityos::wire::Reader's
-  // rules; UTF-8 is not checked); the view is then unspecified.
+  // rules; UTF-8 is not checked), or when it holds more than one payload
+  // field (binary_data, text_data, proto_data: a parse keeps only the last
+  // member of the oneof, the bytes would keep them all); the view is then
+  // unspecified and the caller takes the parsed path.
   bool Parse(std::string_view wire);
 
   // What EntityIdOf gives the parsed event: the entity-id extension when

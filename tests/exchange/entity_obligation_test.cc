@@ -572,9 +572,23 @@ TEST(ObligationApplier, ApplyToWireEqualsApply) {
   ASSERT_TRUE(got.ParseFromString(out));
   got.clear_proto_data();
   EXPECT_EQ(got.SerializeAsString(), no_payload.SerializeAsString());
+  // A stale member of the payload oneof before the payload (a parse keeps
+  // only the last): the output must not carry it.
+  event::v1::Event stale;
+  stale.set_text_data("SECRET-STALE");
+  out.clear();
+  ASSERT_TRUE(applier
+                  .ApplyToWire({Redact({"message"})},
+                               stale.SerializeAsString() + ev.SerializeAsString(), &out)
+                  .ok());
+  EXPECT_EQ(out.find("SECRET-STALE"), std::string::npos);
+  event::v1::Event redacted = ev;
+  ASSERT_TRUE(applier.Apply({Redact({"message"})}, &redacted).ok());
+  ASSERT_TRUE(got.ParseFromString(out));
+  EXPECT_TRUE(MessageDifferencer::Equals(got, redacted)) << got.ShortDebugString();
   // Errors: not an event; a payload path on a type this node does not know.
   out = "kept";
-  EXPECT_EQ(applier.ApplyToWire({Redact({"message"})}, std::string("\x0a\x05ab", 4), &out).code(),
+  EXPECT_EQ(applier.ApplyToWire({Redact({"message"})}, std::string("\x0a\x05" "ab", 4), &out).code(),
             absl::StatusCode::kInvalidArgument);
   event::v1::Event unknown = ev;
   unknown.mutable_proto_data()->set_type_url("type.googleapis.com/no.such.Type");

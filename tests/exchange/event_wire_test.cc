@@ -89,6 +89,14 @@ TEST(EnvelopeView, EqualsTheParsedEvent) {
   for (size_t cut : {size_t{1}, size_t{5}, wire.size() - 1}) {
     EXPECT_FALSE(v.Parse(std::string_view(wire).substr(0, cut))) << cut;
   }
+  // More than one payload field: a parse keeps the last, the bytes all of
+  // them, so the view refuses and the caller parses.
+  event::v1::Event stale, fresh;
+  stale.set_text_data("SECRET-STALE");
+  fresh.mutable_proto_data()->set_type_url("type.googleapis.com/x.Y");
+  ASSERT_TRUE(v.Parse(fresh.SerializeAsString()));
+  EXPECT_FALSE(v.Parse(stale.SerializeAsString() + fresh.SerializeAsString()));
+  EXPECT_FALSE(v.Parse(fresh.SerializeAsString() + fresh.SerializeAsString()));
   EXPECT_FALSE(v.Parse(std::string("\x0b\x01", 2)));  // a group
   EXPECT_FALSE(v.Parse(std::string("\x00\x01", 2)));  // field 0
 }

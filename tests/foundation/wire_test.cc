@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -262,6 +263,29 @@ TEST(WireWriter, FieldsAreWhatProtobufSerializes) {
     ASSERT_TRUE(r.ReadVarint(&n));
     EXPECT_EQ(n, 3u);
     EXPECT_TRUE(r.done());
+  }
+}
+
+TEST(WireWriter, Fixed64FieldIsWhatProtobufSerializes) {
+  for (double d : {0.5, -1.0, 1e300, -0.0, 48.8566}) {
+    google::protobuf::DoubleValue m;
+    m.set_value(d);
+    uint64_t bits;
+    std::memcpy(&bits, &d, sizeof(bits));
+    std::string got;
+    wire::AppendFixed64Field(1, bits, &got);
+    EXPECT_EQ(got, m.SerializeAsString()) << d;
+  }
+  for (uint64_t v : kValues) {
+    std::string got;
+    wire::AppendFixed64Field(2048, v, &got);
+    google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(got.data()),
+                                              static_cast<int>(got.size()));
+    uint64_t back = 0;
+    EXPECT_EQ(in.ReadTag(), wire::MakeTag(2048, wire::kFixed64));
+    ASSERT_TRUE(in.ReadLittleEndian64(&back));
+    EXPECT_EQ(back, v);
+    EXPECT_EQ(in.CurrentPosition(), static_cast<int>(got.size()));
   }
 }
 

@@ -129,7 +129,7 @@ class Reader {
     return true;
   }
   bool ReadFixed64(uint64_t* v) {
-    uint32_t lo, hi;
+    uint32_t lo = 0, hi = 0;
     if (remaining() < 8) return false;
     ReadFixed32(&lo);
     ReadFixed32(&hi);
@@ -243,6 +243,12 @@ inline uint8_t* WriteVarintField(uint32_t field, uint64_t v, uint8_t* p) {
 inline uint8_t* WriteLengthDelimitedHeader(uint32_t field, size_t length, uint8_t* p) {
   return WriteVarint(length, WriteTag(field, kLengthDelimited, p));
 }
+// A fixed64 field (wire type 1): its tag and `v` little-endian (a double's
+// bits for a `double` field).
+inline uint8_t* WriteFixed64Field(uint32_t field, uint64_t v, uint8_t* p) {
+  return google::protobuf::io::CodedOutputStream::WriteLittleEndian64ToArray(
+      v, WriteTag(field, kFixed64, p));
+}
 inline uint8_t* WriteBytes(std::string_view bytes, uint8_t* p) {
   if (!bytes.empty()) std::memcpy(p, bytes.data(), bytes.size());
   return p + bytes.size();
@@ -263,6 +269,12 @@ inline void AppendLengthDelimitedHeader(uint32_t field, size_t length, std::stri
   uint8_t buf[15];
   out->append(reinterpret_cast<const char*>(buf),
               static_cast<size_t>(WriteLengthDelimitedHeader(field, length, buf) - buf));
+}
+
+inline void AppendFixed64Field(uint32_t field, uint64_t v, std::string* out) {
+  uint8_t buf[13];
+  out->append(reinterpret_cast<const char*>(buf),
+              static_cast<size_t>(WriteFixed64Field(field, v, buf) - buf));
 }
 
 // A google.protobuf.Timestamp for `t` as cityos::TimestampToProto fills it and

@@ -13,6 +13,7 @@
 #include "absl/strings/str_format.h"
 #include "cityos/entity.h"
 #include "cityos/status.h"
+#include "cityos/wire.h"
 #include "core/strings.h"
 #include "entity/entity_internal.h"
 #include "google/protobuf/descriptor.pb.h"
@@ -343,184 +344,99 @@ absl::StatusOr<std::unique_ptr<Plan>> CompilePlan(absl::Span<const Obligation> o
 
 namespace {
 
-constexpr int kMaxDepth = 64;
-
-inline bool ReadVarint(const char** p, const char* end, uint64_t* v) {
-  uint64_t result = 0;
-  for (int shift = 0; shift < 64 && *p < end; shift += 7) {
-    uint8_t b = static_cast<uint8_t>(*(*p)++);
-    result |= static_cast<uint64_t>(b & 0x7f) << shift;
-    if ((b & 0x80) == 0) {
-      *v = result;
-      return true;
-    }
-  }
-  return false;
-}
-
-inline void WriteVarint(uint64_t v, std::string* out) {
-  char buf[10];
-  int n = 0;
-  while (v >= 0x80) {
-    buf[n++] = static_cast<char>(v | 0x80);
-    v >>= 7;
-  }
-  buf[n++] = static_cast<char>(v);
-  out->append(buf, n);
-}
-
-inline int VarintSize(uint64_t v) {
-  int n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
-}
-
-bool SkipField(const char** p, const char* end, uint32_t wire, uint32_t number, int depth) {
-  switch (wire) {
-    case 0: {
-      uint64_t v;
-      return ReadVarint(p, end, &v);
-    }
-    case 1:
-      if (end - *p < 8) return false;
-      *p += 8;
-      return true;
-    case 2: {
-      uint64_t len;
-      if (!ReadVarint(p, end, &len) || len > static_cast<uint64_t>(end - *p)) return false;
-      *p += len;
-      return true;
-    }
-    case 3: {  // group: skip to the matching end-group tag
-      if (depth > kMaxDepth) return false;
-      while (*p < end) {
-        uint64_t tag;
-        if (!ReadVarint(p, end, &tag)) return false;
-        uint32_t w = tag & 7, n = static_cast<uint32_t>(tag >> 3);
-        if (w == 4) return n == number;
-        if (!SkipField(p, end, w, n, depth + 1)) return false;
-      }
-      return false;
-    }
-    case 5:
-      if (end - *p < 4) return false;
-      *p += 4;
-      return true;
-    default:
-      return false;
-  }
-}
-
-inline double DecodeDouble(const char* p) {
-  uint64_t bits = 0;
-  for (int i = 7; i >= 0; --i) bits = (bits << 8) | static_cast<uint8_t>(p[i]);
-  double d;
-  std::memcpy(&d, &bits, sizeof(d));
-  return d;
-}
-
-inline void AppendDouble(uint32_t number, double d, std::string* out) {
-  uint64_t bits;
-  std::memcpy(&bits, &d, sizeof(d));
-  WriteVarint((uint64_t{number} << 3) | 1, out);
-  char buf[8];
-  for (int i = 0; i < 8; ++i) buf[i] = static_cast<char>(bits >> (8 * i));
-  out->append(buf, 8);
-}
-
-bool Rewrite(const WireNode& node, const char* p, const char* end, const FastHmacSha256& hmac,
+bool Rewrite(const WireNode& node, std::string_view in, const FastHmacSha256& hmac,
              std::string* out, int depth) {
-  if (depth > kMaxDepth) return false;
-  const char* copy_from = p;
+  if (depth > wire::kMaxDepth) return false;
+  wire::Reader r(in);
+  const char* copy_from = r.position();
   const bool location = node.cell_m > 0;
   const bool time = node.granularity_nanos > 0;
   double lat = 0, lon = 0;
   int64_t seconds = 0;
   int32_t nanos = 0;
-  while (p < end) {
-    const char* field_start = p;
-    uint64_t tag;
-    if (!ReadVarint(&p, end, &tag)) return false;
-    uint32_t wire = tag & 7;
-    uint32_t number = static_cast<uint32_t>(tag >> 3);
-    if (number == 0) return false;
+  while (!r.done()) {
+    const char* field_start = r.position();
+    uint32_t number, type;
+    if (!r.ReadTag(&number, &type)) return false;
     const FieldAction* fa = node.Find(number);
     bool loc_field = location && (number == node.lat_field || number == node.lon_field);
     bool time_field = time && (number == 1 || number == 2);
     if (fa == nullptr && !loc_field && !time_field) {
       // Untouched fields are copied in runs.
-      if (!SkipField(&p, end, wire, number, depth)) return false;
+      if (!r.SkipField(number, type, depth)) return false;
       continue;
     }
     out->append(copy_from, field_start - copy_from);
     if (fa != nullptr && fa->redact) {
-      if (!SkipField(&p, end, wire, number, depth)) return false;
-    } else if (loc_field && wire == 1) {
-      if (end - p < 8) return false;
-      (number == node.lat_field ? lat : lon) = DecodeDouble(p);
-      p += 8;
-    } else if (time_field && wire == 0) {
+      if (!r.SkipField(number, type, depth)) return false;
+    } else if (loc_field && type == wire::kFixed64) {
+      // Two halves rather than ReadFixed64, which GCC warns about here
+      // (-Wmaybe-uninitialized on its unchecked second half).
+      uint32_t lo, hi;
+      if (!r.ReadFixed32(&lo) || !r.ReadFixed32(&hi)) return false;
+      const uint64_t bits = uint64_t{lo} | uint64_t{hi} << 32;
+      std::memcpy(number == node.lat_field ? &lat : &lon, &bits, sizeof(bits));
+    } else if (time_field && type == wire::kVarint) {
       uint64_t v;
-      if (!ReadVarint(&p, end, &v)) return false;
+      if (!r.ReadVarint(&v)) return false;
       if (number == 1) {
         seconds = static_cast<int64_t>(v);
       } else {
         nanos = static_cast<int32_t>(v);
       }
-    } else if (fa != nullptr && wire == 2 && (fa->pseudonymize || fa->child != nullptr)) {
-      uint64_t len;
-      if (!ReadVarint(&p, end, &len) || len > static_cast<uint64_t>(end - p)) return false;
-      const char* content = p;
-      p += len;
-      WriteVarint(tag, out);
+    } else if (fa != nullptr && type == wire::kLengthDelimited &&
+               (fa->pseudonymize || fa->child != nullptr)) {
+      std::string_view content;
+      if (!r.ReadLengthDelimited(&content)) return false;
       if (fa->pseudonymize) {
-        std::string pseudonym = hmac.Pseudonymize(std::string_view(content, len));
-        WriteVarint(pseudonym.size(), out);
+        std::string pseudonym = hmac.Pseudonymize(content);
+        wire::AppendLengthDelimitedHeader(number, pseudonym.size(), out);
         out->append(pseudonym);
       } else {
         // Write the rewritten content, then slide it to make room for its
         // length (content is small: a memmove beats a scratch buffer).
+        wire::AppendVarint(wire::MakeTag(number, wire::kLengthDelimited), out);
         size_t at = out->size();
-        if (!Rewrite(*fa->child, content, content + len, hmac, out, depth + 1)) return false;
+        if (!Rewrite(*fa->child, content, hmac, out, depth + 1)) return false;
         size_t n = out->size() - at;
-        int k = VarintSize(n);
+        size_t k = wire::VarintSize(n);
         out->resize(out->size() + k);
         char* base = out->data() + at;
         std::memmove(base + k, base, n);
-        std::string prefix;
-        WriteVarint(n, &prefix);
-        std::memcpy(base, prefix.data(), k);
+        wire::WriteVarint(n, reinterpret_cast<uint8_t*>(base));
       }
     } else {
       // A wire type the action does not expect (e.g. a scalar where a
       // message was declared): keep it as it is.
-      if (!SkipField(&p, end, wire, number, depth)) return false;
-      out->append(field_start, p - field_start);
+      if (!r.SkipField(number, type, depth)) return false;
+      out->append(field_start, r.position() - field_start);
     }
-    copy_from = p;
+    copy_from = r.position();
   }
-  out->append(copy_from, end - copy_from);
+  out->append(copy_from, r.position() - copy_from);
   if (location) {
     common::v1::GeoPoint in;
     in.set_latitude(lat);
     in.set_longitude(lon);
     common::v1::GeoPoint c = CoarsenLocation(in, node.cell_m);
     // proto3 leaves zeros out, as the reflection serializer does.
-    if (c.latitude() != 0) AppendDouble(node.lat_field, c.latitude(), out);
-    if (c.longitude() != 0) AppendDouble(node.lon_field, c.longitude(), out);
+    uint64_t bits;
+    if (c.latitude() != 0) {
+      const double d = c.latitude();
+      std::memcpy(&bits, &d, sizeof(bits));
+      wire::AppendFixed64Field(node.lat_field, bits, out);
+    }
+    if (c.longitude() != 0) {
+      const double d = c.longitude();
+      std::memcpy(&bits, &d, sizeof(bits));
+      wire::AppendFixed64Field(node.lon_field, bits, out);
+    }
   }
   if (time) {
     CoarsenTime(node.granularity_nanos, &seconds, &nanos);
-    if (seconds != 0) {
-      WriteVarint(1 << 3, out);
-      WriteVarint(static_cast<uint64_t>(seconds), out);
-    }
+    if (seconds != 0) wire::AppendVarintField(1, static_cast<uint64_t>(seconds), out);
     if (nanos != 0) {
-      WriteVarint(2 << 3, out);
-      WriteVarint(static_cast<uint64_t>(static_cast<int64_t>(nanos)), out);
+      wire::AppendVarintField(2, static_cast<uint64_t>(static_cast<int64_t>(nanos)), out);
     }
   }
   return true;
@@ -530,7 +446,7 @@ bool Rewrite(const WireNode& node, const char* p, const char* end, const FastHma
 
 bool RewriteWire(const WireNode& node, std::string_view in, const FastHmacSha256& hmac,
                  std::string* out) {
-  return Rewrite(node, in.data(), in.data() + in.size(), hmac, out, 0);
+  return Rewrite(node, in, hmac, out, 0);
 }
 
 void CoarsenTime(int64_t granularity_nanos, int64_t* seconds, int32_t* nanos) {

@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cityos/entity.h"
 #include "cityos/status.h"
+#include "cityos/wire.h"
 #include "entity/entity_internal.h"
 #include "entity/obligation_plan.h"
 #include "entity/pseudonym_internal.h"
@@ -34,31 +35,9 @@ using exchange::v1::Value;
 
 namespace {
 
-// Minimal protobuf wire reading for ApplyToWire (top level of an event and of
-// its Any payload).
-bool ReadVarint64(const char** p, const char* end, uint64_t* v) {
-  uint64_t result = 0;
-  for (int shift = 0; shift < 64 && *p < end; shift += 7) {
-    const uint8_t b = static_cast<uint8_t>(*(*p)++);
-    result |= static_cast<uint64_t>(b & 0x7f) << shift;
-    if ((b & 0x80) == 0) {
-      *v = result;
-      return true;
-    }
-  }
-  return false;
-}
-
-void AppendVarint64(uint64_t v, std::string* out) {
-  while (v >= 0x80) {
-    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
-    v >>= 7;
-  }
-  out->push_back(static_cast<char>(v));
-}
-
-// One top-level field: its number, its whole encoding [begin, end) and, for
-// length-delimited fields, its content.
+// One top-level field (of an event or of its Any payload, for ApplyToWire):
+// its number, its whole encoding [begin, end) and, for length-delimited
+// fields, its content.
 struct WireField {
   uint32_t number = 0;
   const char* begin = nullptr;
@@ -67,44 +46,21 @@ struct WireField {
   bool delimited = false;
 };
 
-// Reads the next field at *p; false when malformed (groups are refused: no
+// Reads the next field from `r`; false when malformed (groups are refused: no
 // event field is one).
-bool NextField(const char** p, const char* end, WireField* f) {
-  f->begin = *p;
-  uint64_t tag = 0;
-  if (!ReadVarint64(p, end, &tag)) return false;
-  f->number = static_cast<uint32_t>(tag >> 3);
-  if (f->number == 0) return false;
-  f->delimited = false;
-  switch (tag & 7) {
-    case 0: {
-      uint64_t ignored;
-      if (!ReadVarint64(p, end, &ignored)) return false;
-      break;
-    }
-    case 1:
-      if (end - *p < 8) return false;
-      *p += 8;
-      break;
-    case 5:
-      if (end - *p < 4) return false;
-      *p += 4;
-      break;
-    case 2: {
-      uint64_t len = 0;
-      if (!ReadVarint64(p, end, &len) || len > static_cast<uint64_t>(end - *p)) return false;
-      f->content = std::string_view(*p, static_cast<size_t>(len));
-      f->delimited = true;
-      *p += len;
-      break;
-    }
-    default:
-      return false;
+bool NextField(wire::Reader* r, WireField* f) {
+  f->begin = r->position();
+  uint32_t type;
+  if (!r->ReadTag(&f->number, &type)) return false;
+  f->delimited = type == wire::kLengthDelimited;
+  if (f->delimited) {
+    if (!r->ReadLengthDelimited(&f->content)) return false;
+  } else if (type == wire::kStartGroup || !r->SkipField(f->number, type)) {
+    return false;
   }
-  f->end = *p;
+  f->end = r->position();
   return true;
 }
-
 
 std::atomic<uint64_t> next_applier_id{1};
 
@@ -276,15 +232,16 @@ absl::Status ObligationApplier::ApplyToWire(absl::Span<const Obligation> obligat
   WireField any_field;
   int any_count = 0;
   uint32_t data_field = 0;
+  int data_count = 0;
   {
-    const char* p = wire.data();
-    const char* const end = p + wire.size();
+    wire::Reader r(wire);
     WireField f;
-    while (p < end) {
-      if (!NextField(&p, end, &f)) return not_an_event();
+    while (!r.done()) {
+      if (!NextField(&r, &f)) return not_an_event();
       if (f.number == kBinaryData || f.number == kTextData || f.number == kProtoData) {
         if (!f.delimited) return not_an_event();
         data_field = f.number;
+        ++data_count;
         if (f.number == kProtoData) {
           any_field = f;
           ++any_count;
@@ -295,11 +252,10 @@ absl::Status ObligationApplier::ApplyToWire(absl::Span<const Obligation> obligat
   std::string_view type_url, value;
   int value_count = 0;
   if (data_field == kProtoData) {
-    const char* p = any_field.content.data();
-    const char* const end = p + any_field.content.size();
+    wire::Reader r(any_field.content);
     WireField f;
-    while (p < end) {
-      if (!NextField(&p, end, &f)) return not_an_event();
+    while (!r.done()) {
+      if (!NextField(&r, &f)) return not_an_event();
       if (f.number == 1 && f.delimited) type_url = f.content;
       if (f.number == 2 && f.delimited) {
         value = f.content;
@@ -310,8 +266,10 @@ absl::Status ObligationApplier::ApplyToWire(absl::Span<const Obligation> obligat
   std::string_view type =
       data_field == kProtoData ? entity_internal::TypeNameFromUrl(type_url) : std::string_view();
   CITYOS_ASSIGN_OR_RETURN(std::shared_ptr<const Plan> plan, impl_->GetPlan(obligations, type));
-  if (!plan->envelope.empty() || any_count > 1 || value_count > 1) {
-    // Envelope obligations (or an unusual encoding): the reference path.
+  if (!plan->envelope.empty() || data_count > 1 || any_count > 1 || value_count > 1) {
+    // Envelope obligations, or an unusual encoding (more than one member of
+    // the payload oneof: a parse keeps the last, and the bytes must not keep
+    // the others): the reference path.
     thread_local event::v1::Event parsed;
     if (!parsed.ParseFromArray(wire.data(), static_cast<int>(wire.size()))) {
       return not_an_event();
@@ -341,15 +299,13 @@ absl::Status ObligationApplier::ApplyToWire(absl::Span<const Obligation> obligat
   thread_local std::string any;
   any.clear();
   {
-    const char* p = any_field.content.data();
-    const char* const end = p + any_field.content.size();
+    wire::Reader r(any_field.content);
     WireField f;
-    while (p < end) {
-      NextField(&p, end, &f);  // checked above
+    while (!r.done()) {
+      NextField(&r, &f);  // checked above
       if (f.number == 2 && f.delimited) {
         if (!buffer.empty()) {  // proto3: an empty value is not written
-          any.push_back(static_cast<char>((2 << 3) | 2));
-          AppendVarint64(buffer.size(), &any);
+          wire::AppendLengthDelimitedHeader(2, buffer.size(), &any);
           any.append(buffer);
         }
       } else {
@@ -359,8 +315,7 @@ absl::Status ObligationApplier::ApplyToWire(absl::Span<const Obligation> obligat
   }
   out->reserve(out->size() + wire.size() + 16);
   out->append(wire.data(), static_cast<size_t>(any_field.begin - wire.data()));
-  AppendVarint64((kProtoData << 3) | 2, out);
-  AppendVarint64(any.size(), out);
+  wire::AppendLengthDelimitedHeader(kProtoData, any.size(), out);
   out->append(any);
   out->append(any_field.end, static_cast<size_t>(wire.data() + wire.size() - any_field.end));
   return absl::OkStatus();
