@@ -137,7 +137,10 @@ class SubscribeSink {
 class SubscriptionHub {
  public:
   SubscriptionHub(const ExchangeDeps* deps, ExchangeServiceOptions options);
-  ~SubscriptionHub();  // Stop()s
+  // Stop()s. Every Serve() call must have returned first (the gRPC server
+  // is drained before its services go; BeginShutdown() ends open streams):
+  // a running call uses the hub and its live feeds.
+  ~SubscriptionHub();
   SubscriptionHub(const SubscriptionHub&) = delete;
   SubscriptionHub& operator=(const SubscriptionHub&) = delete;
 

@@ -167,6 +167,11 @@ TEST(LogSyncStage, FailedSyncFailsTheAppendAndRefusesLaterOnes) {
   EXPECT_EQ(later.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(later.status().message().find("reopen"), std::string_view::npos) << later.status();
   EXPECT_EQ(s.stage->durable_last(), 2u);
+  // The log itself refuses too: the refused append was never written (it
+  // could otherwise reappear after a restart although it failed). The log
+  // holds the acknowledged append and the one whose sync failed, two records
+  // each.
+  EXPECT_EQ(ReadAll(*s.log).size(), 4u);
 }
 
 TEST(LogSyncStage, AppendsFromAnAcknowledgementNeverWaitForTheirOwnThread) {

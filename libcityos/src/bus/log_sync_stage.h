@@ -92,7 +92,7 @@ class LogSyncStage {
   // (an append from an acknowledgement callback).
   void Admit(uint64_t bytes) {
     std::unique_lock<std::mutex> lock(mu_);
-    if (std::this_thread::get_id() != thread_.get_id()) {
+    if (std::this_thread::get_id() != stage_thread_.load()) {
       space_cv_.wait(lock, [&] {
         return admitted_bytes_ == 0 || admitted_bytes_ + bytes <= max_unsynced_bytes_ ||
                closing_ || !failed_.ok();
@@ -147,7 +147,7 @@ class LogSyncStage {
   // draining. Idempotent (later calls return OK). Must not be called from an
   // acknowledgement or on_durable (FAILED_PRECONDITION), as for the log.
   absl::Status Close() {
-    if (std::this_thread::get_id() == thread_.get_id()) {
+    if (std::this_thread::get_id() == stage_thread_.load()) {
       return absl::FailedPreconditionError(
           "Close must not be called from an acknowledgement callback");
     }
@@ -203,6 +203,7 @@ class LogSyncStage {
   };
 
   void Run() {
+    stage_thread_.store(std::this_thread::get_id());
     std::vector<Entry> batch;
     for (;;) {
       {
@@ -235,6 +236,10 @@ class LogSyncStage {
     if (target != 0 && refused.ok()) {
       sync_error = SyncThrough(target);
       if (!sync_error.ok()) {
+        // The log writes nothing more either: appends written after this
+        // sync could otherwise reappear after a restart although they
+        // were failed.
+        log_->Refuse(sync_error);
         std::lock_guard<std::mutex> lock(mu_);
         failed_ = absl::FailedPreconditionError(absl::StrCat(
             "log ", dir_, " refuses appends after an earlier failure (",
@@ -352,6 +357,9 @@ class LogSyncStage {
   uint32_t seen_segments_ = 0;
   uint64_t seen_first_ = 0;
 
+  // The stage thread's id, for the checks of Admit() and Close() (which must
+  // not read thread_ while Close() joins it).
+  std::atomic<std::thread::id> stage_thread_{};
   std::thread thread_;  // last: starts after every member is ready
 };
 

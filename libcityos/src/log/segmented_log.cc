@@ -903,6 +903,16 @@ void SegmentedLog::ProcessGroup(std::string& buf,
   }
   if (!buf.empty()) {
     absl::Status st;
+    {
+      // Refused (Refuse(), or a failure while writing an earlier group):
+      // nothing more is written.
+      absl::MutexLock l(&mu_);
+      st = failed_;
+    }
+    if (!st.ok()) {
+      FailGroup(batches, st, first_seq);
+      return;
+    }
     if (active_size_ >= options_.segment_bytes &&
         active_size_ > kSegmentHeaderSize) {
       st = Roll(first_seq);

@@ -260,6 +260,12 @@ class SegmentedLog {
   // seen while closing. Must not be called from a callback or the listener.
   absl::Status Close();
 
+  // Makes the log refuse every append from now on, as after a failed
+  // fdatasync of its own: new appends and the groups still queued fail with
+  // FAILED_PRECONDITION naming `why`; nothing more is written. For an owner
+  // that syncs the log itself (the bus's sync stage). Thread-safe.
+  void Refuse(const absl::Status& why) { Poison(why); }
+
   // Test hook: while set, every fdatasync of a segment fails with EIO.
   void FailSyncsForTest(bool fail) { fail_syncs_for_test_.store(fail); }
 
