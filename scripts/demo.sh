@@ -33,6 +33,8 @@ ${CITYOS_CONFIG:-$HOME/.config/cityos/config.yaml}. Try, in another terminal:
   $ctl explain --action read --domain health --type cityos.health.v1.BedAvailability \\
       --classification public --purpose medical_care
   $ctl exchange query --type cityos.health.v1.BedAvailability --purpose medical_care
+      # (no entities until a hospital system publishes bed availability: the demo
+      #  city simulates carbon only; the query still goes through policy and audit)
   $ctl audit verify
   # the carbon account, fed by the demo-city simulator (docs/carbon.md):
   $ctl carbon regions CN-ZJ-QZ --granularity day --from \$(date -d '-2 day' +%F) --to \$(date -d '+1 day' +%F) --sub
