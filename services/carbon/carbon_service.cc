@@ -692,22 +692,17 @@ absl::Status CarbonAccountServiceImpl::OpenStore(const std::string& path) {
   absl::MutexLock lock(&state_mu_);
   {
     SqliteStmt q(db_, "SELECT grade FROM grades", "service.db");
-    CITYOS_RETURN_IF_ERROR(q.status());
-    while (true) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, q.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(q.ForEachRow([&]() -> absl::Status {
       v1::Grade g;
       if (!g.ParseFromString(q.ColBlob(0)))
         return absl::DataLossError("service.db: bad grade row");
       grades_[g.grade_id()] = std::move(g);
-    }
+      return absl::OkStatus();
+    }));
   }
   {
     SqliteStmt q(db_, "SELECT restatement FROM restatements", "service.db");
-    CITYOS_RETURN_IF_ERROR(q.status());
-    while (true) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, q.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(q.ForEachRow([&]() -> absl::Status {
       v1::Restatement r;
       if (!r.ParseFromString(q.ColBlob(0))) {
         return absl::DataLossError("service.db: bad restatement row");
@@ -719,7 +714,8 @@ absl::Status CarbonAccountServiceImpl::OpenStore(const std::string& path) {
         restate_queue_.push_back(r.restatement_id());
       }
       restatements_[r.restatement_id()] = std::move(r);
-    }
+      return absl::OkStatus();
+    }));
   }
   return absl::OkStatus();
 }

@@ -225,10 +225,7 @@ absl::Status FactorRegistry::Load() {
   for (auto& m : by_key_) m.clear();
   next_seq_ = 1;
   SqliteStmt stmt(db_, "SELECT seq, factor FROM factors ORDER BY seq", "factors.db load");
-  CITYOS_RETURN_IF_ERROR(stmt.status());
-  while (true) {
-    CITYOS_ASSIGN_OR_RETURN(bool row, stmt.Next());
-    if (!row) break;
+  CITYOS_RETURN_IF_ERROR(stmt.ForEachRow([&]() -> absl::Status {
     const int64_t seq = stmt.ColInt(0);
     v1::EmissionFactor f;
     if (!f.ParseFromString(stmt.ColBlob(1))) {
@@ -236,7 +233,8 @@ absl::Status FactorRegistry::Load() {
     }
     IndexLocked(std::move(f), seq);
     next_seq_ = std::max(next_seq_, seq + 1);
-  }
+    return absl::OkStatus();
+  }));
   generation_.fetch_add(1, std::memory_order_acq_rel);
   return absl::OkStatus();
 }

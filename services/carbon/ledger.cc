@@ -234,10 +234,7 @@ absl::Status CarbonLedger::Impl::Load(std::unique_ptr<LedgerStore> store) {
   absl::Status st = store_->WithDb([&](sqlite3* db) -> absl::Status {
     SqliteStmt q(db, "SELECT idx, account FROM accounts ORDER BY idx",
                  "accounts");
-    CITYOS_RETURN_IF_ERROR(q.status());
-    for (;;) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, q.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(q.ForEachRow([&]() -> absl::Status {
       v1::Account a;
       if (!a.ParseFromString(q.ColBlob(1)))
         return absl::DataLossError("unparsable account");
@@ -246,13 +243,11 @@ absl::Status CarbonLedger::Impl::Load(std::unique_ptr<LedgerStore> store) {
             absl::StrCat("account index gap at ", q.ColInt(0)));
       }
       AddNode(std::move(a));
-    }
+      return absl::OkStatus();
+    }));
     SqliteStmt f(db, "SELECT idx, ref FROM factor_refs ORDER BY idx",
                  "factor_refs");
-    CITYOS_RETURN_IF_ERROR(f.status());
-    for (;;) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, f.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(f.ForEachRow([&]() -> absl::Status {
       v1::FactorRef ref;
       if (!ref.ParseFromString(f.ColBlob(1)))
         return absl::DataLossError("unparsable factor ref");
@@ -260,7 +255,8 @@ absl::Status CarbonLedger::Impl::Load(std::unique_ptr<LedgerStore> store) {
       if (refs_.size() <= idx) refs_.resize(idx + 1);
       ref_idx_[ref.factor_id()] = static_cast<uint32_t>(idx);
       refs_[idx] = std::move(ref);
-    }
+      return absl::OkStatus();
+    }));
     // Records: as-reported figures, dedup keys, process keys.
     SqliteStmt r(db,
                  "SELECT id, account, enterprise, start_ns, end_ns, "
@@ -268,24 +264,10 @@ absl::Status CarbonLedger::Impl::Load(std::unique_ptr<LedgerStore> store) {
                  "activity, kg, market_kg, activity_key FROM records WHERE "
                  "restatement_id = ''",
                  "records");
-    CITYOS_RETURN_IF_ERROR(r.status());
     size_t n = 0;
-    for (;;) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, r.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(r.ForEachRow([&]() -> absl::Status {
       RecordRow rr;
-      rr.id = r.ColInt(0);
-      rr.account = static_cast<uint32_t>(r.ColInt(1));
-      rr.enterprise = static_cast<uint32_t>(r.ColInt(2));
-      rr.start_ns = r.ColInt(3);
-      rr.end_ns = r.ColInt(4);
-      rr.energy_kind = static_cast<int32_t>(r.ColInt(5));
-      rr.scope = static_cast<int32_t>(r.ColInt(6));
-      rr.reading_kind = static_cast<int32_t>(r.ColInt(7));
-      rr.value = sqlite3_column_double(r.get(), 8);
-      rr.activity = sqlite3_column_double(r.get(), 9);
-      rr.kg = sqlite3_column_double(r.get(), 10);
-      rr.market_kg = sqlite3_column_double(r.get(), 11);
+      ReadRecordFigures(r.get(), &rr);
       if (rr.account >= accounts_.size())
         return absl::DataLossError(
             absl::StrCat("record ", rr.id, ": bad account"));
@@ -306,7 +288,8 @@ absl::Status CarbonLedger::Impl::Load(std::unique_ptr<LedgerStore> store) {
         process_seen_[key] = rr.activity;
       }
       if (++n % (1 << 20) == 0) Fold();
-    }
+      return absl::OkStatus();
+    }));
     // Restated figures: current minus as reported.
     SqliteStmt d(db,
                  "SELECT n.id, n.account, n.enterprise, n.start_ns, n.end_ns, "
@@ -316,10 +299,7 @@ absl::Status CarbonLedger::Impl::Load(std::unique_ptr<LedgerStore> store) {
                  "AND o.start_ns = n.start_ns AND o.id = n.orig "
                  "WHERE n.current = 1 AND n.restatement_id != ''",
                  "restated records");
-    CITYOS_RETURN_IF_ERROR(d.status());
-    for (;;) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, d.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(d.ForEachRow([&]() -> absl::Status {
       next_record_id_ = std::max(next_record_id_, d.ColInt(0) + 1);
       RecordRow rr;
       rr.account = static_cast<uint32_t>(d.ColInt(1));
@@ -333,59 +313,52 @@ absl::Status CarbonLedger::Impl::Load(std::unique_ptr<LedgerStore> store) {
       if (rr.account >= accounts_.size())
         return absl::DataLossError("restated record: bad account");
       AddRecordToAggregates(rr, false);
-    }
+      return absl::OkStatus();
+    }));
     SqliteStmt mx(db, "SELECT COALESCE(MAX(id), 0) FROM records", "records");
     CITYOS_ASSIGN_OR_RETURN(bool has, mx.Next());
     if (has) next_record_id_ = std::max(next_record_id_, mx.ColInt(0) + 1);
     // Quarantine counts.
     SqliteStmt qq(db, "SELECT id, account, hour FROM quarantine", "quarantine");
-    CITYOS_RETURN_IF_ERROR(qq.status());
-    for (;;) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, qq.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(qq.ForEachRow([&]() -> absl::Status {
       next_quarantine_id_ = std::max(next_quarantine_id_, qq.ColInt(0) + 1);
       int64_t acc = qq.ColInt(1);
       if (acc >= 0 && static_cast<size_t>(acc) < accounts_.size())
         CountQuarantine(static_cast<uint32_t>(acc), qq.ColInt(2));
-    }
+      return absl::OkStatus();
+    }));
     // Cumulative registers.
     SqliteStmt ms(db, "SELECT account, reg_ns, reg_value FROM meter_state",
                   "meter_state");
-    CITYOS_RETURN_IF_ERROR(ms.status());
-    for (;;) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, ms.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(ms.ForEachRow([&]() -> absl::Status {
       int64_t acc = ms.ColInt(0);
       if (acc < 0 || static_cast<size_t>(acc) >= accounts_.size() ||
           !accounts_[acc]->meter)
-        continue;
+        return absl::OkStatus();
       MeterCtx& m = *accounts_[acc]->meter;
       m.has_register = true;
       m.reg_ns = ms.ColInt(1);
       m.reg_value = sqlite3_column_double(ms.get(), 2);
-    }
+      return absl::OkStatus();
+    }));
     // Value added and grades.
     SqliteStmt va(db,
                   "SELECT enterprise, start_ns, end_ns, value FROM value_added",
                   "value_added");
-    CITYOS_RETURN_IF_ERROR(va.status());
-    for (;;) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, va.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(va.ForEachRow([&]() -> absl::Status {
       value_added_[{va.ColText(0), {va.ColInt(1), va.ColInt(2)}}] =
           sqlite3_column_double(va.get(), 3);
-    }
+      return absl::OkStatus();
+    }));
     SqliteStmt gr(db, "SELECT enterprise, start_ns, end_ns, grade FROM grades",
                   "grades");
-    CITYOS_RETURN_IF_ERROR(gr.status());
-    for (;;) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, gr.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(gr.ForEachRow([&]() -> absl::Status {
       v1::Grade g;
       if (!g.ParseFromString(gr.ColBlob(3)))
         return absl::DataLossError("unparsable grade");
       grades_[{gr.ColText(0), {gr.ColInt(1), gr.ColInt(2)}}] = std::move(g);
-    }
+      return absl::OkStatus();
+    }));
     return absl::OkStatus();
   });
   if (!st.ok()) return err("state", st);

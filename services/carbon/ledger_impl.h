@@ -214,6 +214,12 @@ struct QuarantineRow {
   std::string event_id;
 };
 
+// Reads a `records` row's figures from the first twelve columns of `q`,
+// selected in this order: id, account, enterprise, start_ns, end_ns,
+// energy_kind, scope, reading_kind, value, activity, kg, market_kg. The
+// ledger's load and its record queries both select them so.
+void ReadRecordFigures(sqlite3_stmt* q, RecordRow* r);
+
 struct MeterStateRow {
   uint32_t account;
   int64_t reg_ns;

@@ -57,18 +57,7 @@ constexpr const char* kRecordCols =
 
 RecordRow ReadRecord(SqliteStmt& q) {
   RecordRow r;
-  r.id = q.ColInt(0);
-  r.account = static_cast<uint32_t>(q.ColInt(1));
-  r.enterprise = static_cast<uint32_t>(q.ColInt(2));
-  r.start_ns = q.ColInt(3);
-  r.end_ns = q.ColInt(4);
-  r.energy_kind = static_cast<int32_t>(q.ColInt(5));
-  r.scope = static_cast<int32_t>(q.ColInt(6));
-  r.reading_kind = static_cast<int32_t>(q.ColInt(7));
-  r.value = sqlite3_column_double(q.get(), 8);
-  r.activity = sqlite3_column_double(q.get(), 9);
-  r.kg = sqlite3_column_double(q.get(), 10);
-  r.market_kg = sqlite3_column_double(q.get(), 11);
+  ReadRecordFigures(q.get(), &r);
   r.factor = q.ColInt(12);
   r.market_factor = q.ColInt(13);
   r.compute_ns = q.ColInt(14);
@@ -88,6 +77,21 @@ RecordRow ReadRecord(SqliteStmt& q) {
 }
 
 }  // namespace
+
+void ReadRecordFigures(sqlite3_stmt* q, RecordRow* r) {
+  r->id = sqlite3_column_int64(q, 0);
+  r->account = static_cast<uint32_t>(sqlite3_column_int64(q, 1));
+  r->enterprise = static_cast<uint32_t>(sqlite3_column_int64(q, 2));
+  r->start_ns = sqlite3_column_int64(q, 3);
+  r->end_ns = sqlite3_column_int64(q, 4);
+  r->energy_kind = static_cast<int32_t>(sqlite3_column_int64(q, 5));
+  r->scope = static_cast<int32_t>(sqlite3_column_int64(q, 6));
+  r->reading_kind = static_cast<int32_t>(sqlite3_column_int64(q, 7));
+  r->value = sqlite3_column_double(q, 8);
+  r->activity = sqlite3_column_double(q, 9);
+  r->kg = sqlite3_column_double(q, 10);
+  r->market_kg = sqlite3_column_double(q, 11);
+}
 
 // ---------------------------------------------------------------------------
 // Period sums.
@@ -708,11 +712,10 @@ absl::StatusOr<v1::ListEmissionRecordsResponse> CarbonLedger::Impl::ListRecords(
           .Bind(4, tok_start)
           .Bind(5, tok_start)
           .Bind(6, tok_id);
-      for (;;) {
-        CITYOS_ASSIGN_OR_RETURN(bool row, q.Next());
-        if (!row) break;
+      CITYOS_RETURN_IF_ERROR(q.ForEachRow([&]() -> absl::Status {
         chunk.push_back(ReadRecord(q));
-      }
+        return absl::OkStatus();
+      }));
       return absl::OkStatus();
     }));
     if (chunk.empty()) break;
@@ -791,13 +794,12 @@ CarbonLedger::Impl::ListQuarantine(
       q.Bind(1, tok_id).Bind(2, from).Bind(3, to);
       if (r.reason() != 0) q.Bind(4, static_cast<int64_t>(r.reason()));
       if (enterprise >= 0) q.Bind(5, enterprise);
-      for (;;) {
-        CITYOS_ASSIGN_OR_RETURN(bool row, q.Next());
-        if (!row) break;
+      CITYOS_RETURN_IF_ERROR(q.ForEachRow([&]() -> absl::Status {
         chunk.push_back({q.ColInt(0), q.ColInt(1), q.ColInt(2),
                          static_cast<int32_t>(q.ColInt(3)), q.ColText(4),
                          q.ColBlob(5), q.ColText(6)});
-      }
+        return absl::OkStatus();
+      }));
       return absl::OkStatus();
     }));
     if (chunk.empty()) break;
@@ -880,13 +882,11 @@ absl::StatusOr<CarbonLedger::RestateResult> CarbonLedger::Impl::Restate(
         region.empty() ? absl::StrCat(" AND enterprise IN (", ents, ")") : "",
         " ORDER BY id");
     SqliteStmt q(db, sql.c_str(), "restatement scan");
-    CITYOS_RETURN_IF_ERROR(q.status());
     q.Bind(1, ClampNs(from)).Bind(2, ClampNs(to));
-    for (;;) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, q.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(q.ForEachRow([&]() -> absl::Status {
       rows.push_back(ReadRecord(q));
-    }
+      return absl::OkStatus();
+    }));
     return absl::OkStatus();
   }));
   absl::flat_hash_map<int64_t, const RecordRow*>

@@ -248,10 +248,7 @@ absl::Status AlarmEngine::EndTransaction() {
 absl::Status AlarmEngine::Load() {
   {
     Stmt s(db_, "SELECT create_us, below_checked_us, proto FROM plans");
-    CITYOS_RETURN_IF_ERROR(s.status());
-    while (true) {
-      CITYOS_ASSIGN_OR_RETURN(bool row, s.Next());
-      if (!row) break;
+    CITYOS_RETURN_IF_ERROR(s.ForEachRow([&]() -> absl::Status {
       PlanEntry e;
       if (!e.plan.ParseFromString(s.ColBlob(2))) {
         return absl::DataLossError("alarms.db: corrupt plan record");
@@ -260,7 +257,8 @@ absl::Status AlarmEngine::Load() {
       e.below_checked = FromMicros(s.ColInt(1));
       std::string id = e.plan.plan_id();
       plans_.emplace(std::move(id), std::move(e));
-    }
+      return absl::OkStatus();
+    }));
   }
   Stmt s(db_, "SELECT proto FROM alarms WHERE state IN (?1, ?2)");
   CITYOS_RETURN_IF_ERROR(s.status());

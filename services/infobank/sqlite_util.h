@@ -61,6 +61,19 @@ class SqliteStmt {
     if (rc == SQLITE_DONE) return false;
     return Error();
   }
+  // Runs `on_row` (which returns absl::Status and reads the current row)
+  // for every row; stops at the first error, the statement's (not prepared,
+  // or a step) or `on_row`'s.
+  template <typename OnRow>
+  absl::Status ForEachRow(OnRow&& on_row) {
+    if (!ok()) return Error();
+    for (;;) {
+      absl::StatusOr<bool> row = Next();
+      if (!row.ok()) return row.status();
+      if (!*row) return absl::OkStatus();
+      if (absl::Status s = on_row(); !s.ok()) return s;
+    }
+  }
   // Steps once, for statements that return no rows.
   absl::Status Run() {
     absl::StatusOr<bool> r = Next();
