@@ -1,6 +1,11 @@
 #include "cityos/event.h"
 
+#include <cstdint>
+#include <iterator>
+
+#include <google/protobuf/descriptor.h>
 #include <google/protobuf/message.h>
+#include <google/protobuf/unknown_field_set.h>
 #include <google/protobuf/util/time_util.h>
 
 #include "absl/strings/str_cat.h"
@@ -36,7 +41,70 @@ bool IsPersonal(Classification c) {
          c == event::v1::CLASSIFICATION_SENSITIVE;
 }
 
+// Most bytes one length-delimited field adds besides its payload: a tag of at
+// most 2 bytes (field numbers below 2048) and a length varint of at most 10.
+constexpr size_t kMaxFieldOverhead = 2 + 10;
+
+// The field numbers SerializedSizeBound accounts for: all of Event's. If the
+// proto gains a field, the bound is not used (exact ByteSizeLong instead).
+bool BoundCoversAllFields() {
+  static const bool covers = [] {
+    const int known[] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 20, 21, 22};
+    const google::protobuf::Descriptor* d = Event::descriptor();
+    if (d->field_count() != static_cast<int>(std::size(known))) return false;
+    for (int number : known) {
+      if (d->FindFieldByNumber(number) == nullptr) return false;
+    }
+    return d->extension_range_count() == 0;
+  }();
+  return covers;
+}
+
+// An upper bound of e.ByteSizeLong() that does not encode anything: every
+// length-delimited field counted as its payload plus kMaxFieldOverhead, the
+// enum as 11 bytes, the nested Timestamp and Any (small) exactly. Returns
+// SIZE_MAX when `e` carries unknown fields (their size is not bounded here).
+// Exact wire sizes, for reference: a string field is tag + varint(len) + len
+// (omitted when empty in proto3), a map entry is tag(2) + varint(n) + n with
+// n = 1 + varint(klen) + klen + 1 + varint(vlen) + vlen, a set oneof member
+// is tag(2) + varint(len) + len even when empty.
+size_t SerializedSizeBound(const Event& e) {
+  if (!BoundCoversAllFields()) return SIZE_MAX;
+  // Event's reflection, looked up once: e.GetReflection() goes through the
+  // descriptor table's call_once on every call (≈ 110 instructions).
+  static const google::protobuf::Reflection* const reflection = Event::GetReflection();
+  if (!reflection->GetUnknownFields(e).empty()) return SIZE_MAX;
+  size_t n = e.id().size() + e.source().size() + e.spec_version().size() + e.type().size() +
+             e.subject().size() + e.data_content_type().size() + e.data_schema().size() +
+             e.domain().size() + e.data_subject().size() + e.owner().size() +
+             e.region().size() + e.jurisdiction().size() + e.publisher().size() +
+             13 * kMaxFieldOverhead;  // the 13 string fields
+  n += 1 + 10;                     // classification: tag + varint (10 if negative)
+  if (e.has_time()) n += kMaxFieldOverhead + e.time().ByteSizeLong();
+  for (const auto& [key, value] : e.extensions()) {
+    n += key.size() + value.size() + kMaxFieldOverhead + 2 * (1 + 10);
+  }
+  switch (e.data_case()) {
+    case Event::kBinaryData:
+      n += kMaxFieldOverhead + e.binary_data().size();
+      break;
+    case Event::kTextData:
+      n += kMaxFieldOverhead + e.text_data().size();
+      break;
+    case Event::kProtoData:
+      n += kMaxFieldOverhead + e.proto_data().ByteSizeLong();
+      break;
+    case Event::DATA_NOT_SET:
+      break;
+  }
+  return n;
+}
+
 }  // namespace
+
+namespace event_internal {
+size_t SerializedSizeBoundForTest(const Event& e) { return SerializedSizeBound(e); }
+}  // namespace event_internal
 
 absl::Time ToAbslTime(const google::protobuf::Timestamp& ts) {
   return absl::FromUnixSeconds(ts.seconds()) + absl::Nanoseconds(ts.nanos());
@@ -122,6 +190,9 @@ absl::Status ValidateEvent(const Event& e, const EventLimits& limits) {
           "\" is not a CloudEvents attribute name (1-20 characters of a-z 0-9)"));
     }
   }
+  // The size check walks the encoding (ByteSizeLong) only when a cheap upper
+  // bound of the size is over the limit: the outcome is the same.
+  if (SerializedSizeBound(e) <= limits.max_event_bytes) return absl::OkStatus();
   size_t size = e.ByteSizeLong();
   if (size > limits.max_event_bytes) {
     return absl::InvalidArgumentError(absl::StrFormat(

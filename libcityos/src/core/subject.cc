@@ -1,5 +1,6 @@
 #include "cityos/subject.h"
 
+#include <array>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -21,10 +22,21 @@ std::vector<std::string_view> SplitTokens(std::string_view s) {
   }
 }
 
-bool LegalTokenChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         c == '_' || c == '-';
+// Character classes of subject bytes, one table look-up per byte.
+enum CharClass : unsigned char { kOther = 0, kLegal = 1, kDot = 2, kWildcard = 3 };
+
+constexpr std::array<unsigned char, 256> MakeCharClasses() {
+  std::array<unsigned char, 256> t{};
+  for (int c = 0; c < 256; ++c) {
+    bool legal = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                 c == '_' || c == '-';
+    t[c] = legal ? kLegal : c == '.' ? kDot : (c == '*' || c == '>') ? kWildcard : kOther;
+  }
+  return t;
 }
+constexpr std::array<unsigned char, 256> kCharClass = MakeCharClasses();
+
+bool LegalTokenChar(char c) { return kCharClass[static_cast<unsigned char>(c)] == kLegal; }
 
 // Describes what is wrong with the token `t` (1-based position `pos`) of
 // `s`; only called once a problem is known, so it may be slow.
@@ -63,7 +75,11 @@ absl::Status TokenError(std::string_view s, bool pattern, size_t pos, std::strin
   return absl::InternalError("subject token check disagrees with its error report");
 }
 
-// One pass, no allocation: this runs for every published event.
+// One pass over the bytes, no allocation: this runs for every published
+// event. Each token's legal characters are skipped with one table look-up per
+// byte; a token that stops at anything but a separator or the end is checked
+// for the wildcard rules. After the first bad token the rest is only counted
+// for separators: "too many tokens" is reported before a token's problem.
 absl::Status Validate(std::string_view s, bool pattern) {
   const char* what = pattern ? "pattern" : "subject";
   if (s.empty()) return absl::InvalidArgumentError(absl::StrFormat("%s is empty", what));
@@ -72,29 +88,48 @@ absl::Status Validate(std::string_view s, bool pattern) {
         "%s \"%s...\" is too long: %d bytes, at most %d", what, s.substr(0, 32), s.size(),
         kMaxSubjectLength));
   }
-  size_t tokens = 1;
-  for (char c : s) tokens += c == '.';
+  const unsigned char* const begin = reinterpret_cast<const unsigned char*>(s.data());
+  const unsigned char* const end = begin + s.size();
+  const unsigned char* start = begin;  // of the current token
+  size_t tokens = 1;                   // tokens started so far
+  std::string_view bad;                // the first bad token, if any
+  size_t bad_pos = 0;                  // its position (1-based); 0 = none
+  while (true) {
+    const unsigned char* p = start;
+    while (p != end && kCharClass[*p] == kLegal) ++p;
+    bool ok;
+    if (p == end || *p == '.') {
+      size_t len = static_cast<size_t>(p - start);
+      ok = len != 0 && len <= kMaxSubjectTokenLength;
+    } else {
+      // A byte other than [A-Za-z0-9_-]: valid only as a whole-token wildcard.
+      bool last = p + 1 == end;
+      ok = p == start && kCharClass[*p] == kWildcard && (last || p[1] == '.') && pattern &&
+           (*p == '*' || last);
+      if (ok) {
+        ++p;
+      } else {
+        while (p != end && *p != '.') ++p;
+      }
+    }
+    if (!ok) {
+      bad = std::string_view(reinterpret_cast<const char*>(start),
+                             static_cast<size_t>(p - start));
+      bad_pos = tokens;
+      for (const unsigned char* q = p; q != end; ++q) tokens += *q == '.';
+      break;
+    }
+    if (p == end) break;
+    start = p + 1;
+    ++tokens;
+  }
   if (tokens > kMaxSubjectTokens) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "%s \"%s\" has too many tokens: %d, at most %d", what, s, tokens,
         kMaxSubjectTokens));
   }
-  size_t start = 0, pos = 1;
-  while (true) {
-    size_t dot = s.find('.', start);
-    bool last = dot == std::string_view::npos;
-    std::string_view t = s.substr(start, last ? std::string_view::npos : dot - start);
-    bool ok = !t.empty() && t.size() <= kMaxSubjectTokenLength;
-    if (ok && t.size() == 1 && (t[0] == '*' || t[0] == '>')) {
-      ok = pattern && (t[0] == '*' || last);
-    } else {
-      for (char c : t) ok = ok && LegalTokenChar(c);
-    }
-    if (!ok) return TokenError(s, pattern, pos, t);
-    if (last) return absl::OkStatus();
-    start = dot + 1;
-    ++pos;
-  }
+  if (bad_pos != 0) return TokenError(s, pattern, bad_pos, bad);
+  return absl::OkStatus();
 }
 
 }  // namespace
