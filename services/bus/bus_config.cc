@@ -13,6 +13,7 @@ namespace {
 
 constexpr uint64_t kMaxEventBytesLimit = 64ull << 20;
 constexpr int64_t kMaxLiveQueueDepth = int64_t{1} << 24;
+constexpr int64_t kMaxReaderSpinUs = 10000;  // BusOptions::reader_spin's limit
 
 bool ValidStreamName(const std::string& name) {
   if (name.empty() || name.size() > 64) return false;
@@ -66,7 +67,8 @@ absl::StatusOr<StreamConfig> StreamFromConfig(const ConfigNode& node) {
 }  // namespace
 
 absl::StatusOr<BusNodeConfig> ParseBusConfig(const ConfigNode& section) {
-  CITYOS_RETURN_IF_ERROR(section.CheckKeys({"max_event_bytes", "live_queue_depth", "streams"}));
+  CITYOS_RETURN_IF_ERROR(
+      section.CheckKeys({"max_event_bytes", "live_queue_depth", "reader_spin_us", "streams"}));
   BusNodeConfig config;
   CITYOS_ASSIGN_OR_RETURN(config.max_event_bytes,
                           section.GetBytes("max_event_bytes", config.max_event_bytes));
@@ -81,6 +83,14 @@ absl::StatusOr<BusNodeConfig> ParseBusConfig(const ConfigNode& section) {
                          absl::StrFormat("must be between 1 and %d", kMaxLiveQueueDepth));
   }
   config.live_queue_depth = static_cast<size_t>(depth);
+  CITYOS_ASSIGN_OR_RETURN(config.reader_spin_us,
+                          section.GetInt("reader_spin_us", config.reader_spin_us));
+  if (config.reader_spin_us < 0 || config.reader_spin_us > kMaxReaderSpinUs) {
+    return section.Error("reader_spin_us",
+                         absl::StrFormat("must be between 0 and %d (microseconds; 0 never "
+                                         "spins), got %d",
+                                         kMaxReaderSpinUs, config.reader_spin_us));
+  }
 
   CITYOS_ASSIGN_OR_RETURN(std::vector<ConfigNode> streams, section.ElementsOrEmpty("streams"));
   std::set<std::string> names;
@@ -111,6 +121,7 @@ BusOptions MakeBusOptions(const BusNodeConfig& config, std::string data_dir, Clo
   options.limits.max_event_bytes = static_cast<size_t>(config.max_event_bytes);
   options.clock = clock;
   options.live_queue_depth = config.live_queue_depth;
+  options.reader_spin = absl::Microseconds(config.reader_spin_us);
   return options;
 }
 

@@ -5,6 +5,7 @@
 //   bus:
 //     max_event_bytes: 1MiB        # largest serialized event (default 1 MiB)
 //     live_queue_depth: 65536      # live subscriber queue bound, in events
+//     reader_spin_us: 50           # live reader's spin before sleeping, 0-10000
 //     streams:
 //       - name: carbon             # 1-64 characters of [A-Za-z0-9_-]
 //         subjects: ["carbon.>"]   # patterns; no overlap with other streams
@@ -37,6 +38,8 @@ struct BusNodeConfig {
   uint64_t max_event_bytes = 1 << 20;
   // Live subscribers' queue bound, in events. Default: 65536.
   size_t live_queue_depth = 65536;
+  // BusOptions::reader_spin, in microseconds (0 never spins). Default: 50.
+  int64_t reader_spin_us = 50;
   // Streams created when the node starts, in config order.
   std::vector<StreamConfig> streams;
 };

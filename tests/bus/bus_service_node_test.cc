@@ -55,6 +55,17 @@ TEST(BusNodeConfig, DefaultsWhenTheSectionIsAbsent) {
   EXPECT_EQ(options.data_dir, "/data/bus");
   EXPECT_EQ(options.limits.max_event_bytes, 1u << 20);
   EXPECT_EQ(options.live_queue_depth, 65536u);
+  EXPECT_EQ(config->reader_spin_us, 50);
+  EXPECT_EQ(options.reader_spin, BusOptions().reader_spin);
+}
+
+TEST(BusNodeConfig, ReaderSpinIsSetInMicroseconds) {
+  auto config = ParseBus("bus:\n  reader_spin_us: 0\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(MakeBusOptions(*config, "/d", nullptr).reader_spin, absl::ZeroDuration());
+  config = ParseBus("bus:\n  reader_spin_us: 200\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(MakeBusOptions(*config, "/d", nullptr).reader_spin, absl::Microseconds(200));
 }
 
 TEST(BusNodeConfig, ReadsLimitsAndStreams) {
@@ -121,6 +132,10 @@ TEST(BusNodeConfig, ErrorsNameFileLineAndKey) {
        "node.yaml:5:13: bus.streams[1].name: stream \"carbon\" is listed twice"},
       {"bus:\n  max_event_bytes: 0\n", "bus.max_event_bytes: must be between 1 and 64MiB"},
       {"bus:\n  live_queue_depth: lots\n", "bus.live_queue_depth: expected an integer"},
+      {"bus:\n  reader_spin_us: -1\n",
+       "bus.reader_spin_us: must be between 0 and 10000 (microseconds; 0 never "
+       "spins), got -1"},
+      {"bus:\n  reader_spin_us: 10001\n", "bus.reader_spin_us: must be between 0 and 10000"},
       {"bus:\n  streams:\n    - name: carbon\n      subjects: [\"carbon.>\"]\n"
        "      sync_interval: 0s\n",
        "bus.streams[0].sync_interval: must be positive"},

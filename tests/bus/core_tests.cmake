@@ -10,3 +10,5 @@ cityos_test(bus_repair_process_test LABEL bus
 add_dependencies(bus_repair_process_test cityosd)
 cityos_test(bus_event_wire_test LABEL bus
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/event_wire_test.cc)
+cityos_test(bus_live_queue_test LABEL bus
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/live_queue_test.cc)

@@ -217,11 +217,17 @@ class Subscription {
  public:
   virtual ~Subscription() = default;
 
-  // Appends up to `max` deliveries to `out`, waiting up to `timeout` for the
-  // first one; returns OK with nothing appended on timeout. `missed` (may be
-  // null) receives the events dropped for this live subscriber since the last
-  // call. Errors: CANCELLED after Close(); NOT_FOUND when the stream or
-  // consumer was deleted; PERMISSION_DENIED when access was withdrawn.
+  // Appends up to `max` deliveries to `out`, waiting up to `timeout`
+  // (absl::InfiniteDuration(): no limit) for the first one; returns OK with
+  // nothing appended on timeout. `missed` (may be null) receives the events
+  // dropped for this live subscriber since the last call that passed
+  // `missed`, and then the wait also ends when events are dropped. With a
+  // null `missed`, drops do not end the wait and their count is kept, not
+  // reset: the next call that passes `missed` receives it. One reader at a
+  // time: a second thread calling Next while another waits in Next waits
+  // until the first returns, then waits itself. Errors: CANCELLED after
+  // Close(); NOT_FOUND when the stream or consumer was deleted;
+  // PERMISSION_DENIED when access was withdrawn.
   virtual absl::Status Next(size_t max, absl::Duration timeout,
                             std::vector<Delivery>* out, uint64_t* missed = nullptr) = 0;
 
@@ -270,6 +276,17 @@ struct BusOptions {
   BusAuthorizer* authorizer = nullptr;
   // How often retention runs and consumer positions are saved. Default: 1 s.
   absl::Duration housekeeping_interval = absl::Seconds(1);
+  // The longest a live subscriber's Next() spins (checking its queue on a
+  // CPU) before it sleeps, to take a publisher's next batch without a
+  // futex wake-up. Zero (or less) never spins; more than 10 ms counts as
+  // 10 ms. Adaptive: a spin that finds nothing halves the next one, down to
+  // no spin (re-probed now and then); one that finds events restores this.
+  // Spinning happens only while the process's live subscriptions that have
+  // waited in Next() (and are not closed) number at most the usable CPUs - 1
+  // (CPU_COUNT of the process's sched_getaffinity mask, read once), and at
+  // most that many spin at once: with one usable CPU nothing spins.
+  // Default: 50 us.
+  absl::Duration reader_spin = absl::Microseconds(50);
 };
 
 class Bus {

@@ -1,6 +1,7 @@
 // The in-process Bus: validation, authorization, routing to live subscribers
 // through an immutable subject trie, and storage/consumers through a
 // BusBackend. See cityos/bus.h for the contract.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -12,12 +13,12 @@
 #include <google/protobuf/arena.h>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/node_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "bus/live_queue.h"
+#include "bus/message_pool.h"
 #include "bus/subject_trie.h"
 #include "bus/validate.h"
 #include "cityos/bus.h"
@@ -154,34 +155,55 @@ struct RouteResult {
   const std::string* stream = nullptr;
 };
 
-// Per-thread cache of subject -> targets for one snapshot generation.
+// Per-thread cache of subject -> targets for one snapshot generation. Each
+// result is shared: a publish whose captured events are delivered later (from
+// the log's callback, on another thread) keeps the results it uses alive even
+// if this thread's cache is cleared meanwhile (new snapshot, or full).
 struct RouteCache {
   uint64_t generation = 0;
-  absl::node_hash_map<std::string, RouteResult> map;
+  absl::flat_hash_map<std::string, std::shared_ptr<const RouteResult>> map;
 };
 thread_local RouteCache t_route_cache;
 constexpr size_t kRouteCacheMax = 16384;
 
-const RouteResult& Route(const Routes& routes, const std::string& subject) {
+// This thread's cache, ready for a batch of `n` subjects of `routes`: cleared
+// here when the snapshot changed or the batch may not fit.
+RouteCache& RouteCacheFor(const Routes& routes, size_t n) {
   RouteCache& cache = t_route_cache;
-  if (cache.generation != routes.generation) {
+  if (cache.generation != routes.generation || cache.map.size() + n > kRouteCacheMax) {
     cache.map.clear();
     cache.generation = routes.generation;
   }
+  return cache;
+}
+
+// The route of `subject`, from the cache or added to it. The cache never holds
+// more than kRouteCacheMax entries: when full (only a batch of more distinct
+// subjects than that gets there, see RouteCacheFor) it is cleared first, in
+// the middle of the batch; such a batch keeps its own reference to every
+// result it uses (PublishImpl). The returned reference is valid until the
+// next call.
+const std::shared_ptr<const RouteResult>& Route(RouteCache& cache, const Routes& routes,
+                                                const std::string& subject) {
   auto it = cache.map.find(subject);
   if (it != cache.map.end()) return it->second;
-  if (cache.map.size() >= kRouteCacheMax) cache.map.clear();
-  RouteResult r;
-  routes.live.Match(subject, &r.live);
+  auto r = std::make_shared<RouteResult>();
+  routes.live.Match(subject, &r->live);
   std::vector<const std::string*> streams;
   routes.streams.Match(subject, &streams);
-  if (!streams.empty()) r.stream = streams.front();  // patterns never overlap
+  if (!streams.empty()) r->stream = streams.front();  // patterns never overlap
+  if (cache.map.size() >= kRouteCacheMax) cache.map.clear();
   return cache.map.emplace(subject, std::move(r)).first->second;
 }
 
 // Groups messages per target queue and pushes each group once.
 class Fanout {
  public:
+  // `expected`: the most messages one queue may get (the batch size); each
+  // group's vector starts with room for that many, up to 64 (so that a wide
+  // fan-out of a large batch does not reserve batch size per subscriber).
+  explicit Fanout(size_t expected) : expected_(std::min<size_t>(expected, 64)) {}
+
   void Add(const std::vector<LiveQueue*>& targets, MessagePtr m) {
     for (size_t t = 0; t < targets.size(); ++t) {
       LiveQueue* q = targets[t];
@@ -190,6 +212,7 @@ class Fanout {
       if (it == groups_.end()) {
         groups_.emplace_back(q, std::vector<MessagePtr>{});
         it = groups_.end() - 1;
+        it->second.reserve(expected_);
       }
       // The last target takes the caller's reference: one atomic increment
       // fewer per event and subscriber.
@@ -206,6 +229,7 @@ class Fanout {
   }
 
  private:
+  const size_t expected_;
   std::vector<std::pair<LiveQueue*, std::vector<MessagePtr>>> groups_;
 };
 
@@ -437,13 +461,16 @@ class EventBatch {
 
   // The i-th event as a message. Moves the event (or the reference to a shared
   // one) out: call once per i, after the last at(i).
+  // The message comes from the bus's recycling allocator (bus/message_pool.h):
+  // the subscriber thread frees what the publisher thread allocated.
   MessagePtr TakeMessage(size_t i, std::string stream, uint64_t sequence, absl::Time t) {
     if (is_shared_) {
-      return std::make_shared<const Message>(std::move(stream), sequence, t,
-                                             std::move(shared_[i]));
+      return std::allocate_shared<Message>(bus_internal::MessageAllocator<Message>(),
+                                           std::move(stream), sequence, t,
+                                           std::move(shared_[i]));
     }
-    return std::make_shared<const Message>(std::move(stream), sequence, t,
-                                           std::move(owned_[i]));
+    return std::allocate_shared<Message>(bus_internal::MessageAllocator<Message>(),
+                                         std::move(stream), sequence, t, std::move(owned_[i]));
   }
 
  private:
@@ -456,6 +483,7 @@ struct PublishState {
   explicit PublishState(EventBatch b) : batch(std::move(b)) {}
   EventBatch batch;
   std::vector<const RouteResult*> routes;
+  std::vector<std::shared_ptr<const RouteResult>> route_refs;  // keeps `routes` valid
   std::shared_ptr<const Routes> snapshot;  // keeps `routes` targets valid
   std::vector<PublishResult> results;
   std::mutex mu;
@@ -562,7 +590,8 @@ class BusImpl final : public Bus {
       return sub;
     }
     auto queue = std::make_shared<LiveQueue>(
-        o.queue_depth ? o.queue_depth : options_.live_queue_depth, Metrics().live_dropped);
+        o.queue_depth ? o.queue_depth : options_.live_queue_depth, Metrics().live_dropped,
+        options_.reader_spin);
     auto sub = std::make_unique<LiveSubscription>(this, id, queue);
     {
       absl::MutexLock lock(&admin_mu_);
@@ -727,15 +756,39 @@ class BusImpl final : public Bus {
     std::shared_ptr<const Routes> snapshot = Snapshot();
     absl::Time now = clock_->Now();
 
+    // Routes per event; an event with the subject of the one before it (a
+    // batch from one source) takes its route without a hash look-up.
     std::vector<const RouteResult*> routes(n);
+    RouteCache& cache = RouteCacheFor(*snapshot, n);
+    // Only a batch that may not fit in the cache (more subjects than
+    // kRouteCacheMax) can see it cleared midway (Route): such a batch keeps
+    // every result it uses from the start.
+    const bool may_clear = cache.map.size() + n > kRouteCacheMax;
+    std::vector<std::shared_ptr<const RouteResult>> route_refs;
     bool any_captured = false;
     for (size_t i = 0; i < n; ++i) {
-      routes[i] = &Route(*snapshot, batch.at(i).subject());
+      const std::string& subject = batch.at(i).subject();
+      if (i > 0 && subject == batch.at(i - 1).subject()) {
+        routes[i] = routes[i - 1];
+      } else if (may_clear) {
+        route_refs.push_back(Route(cache, *snapshot, subject));
+        routes[i] = route_refs.back().get();
+      } else {
+        routes[i] = Route(cache, *snapshot, subject).get();
+      }
       any_captured = any_captured || routes[i]->stream != nullptr;
+    }
+    // The routes of captured events are used again when their appends are
+    // durable, possibly after this thread cleared its cache: keep them.
+    if (any_captured && !may_clear) {
+      for (size_t i = 0; i < n; ++i) {
+        if (routes[i]->stream == nullptr || (i > 0 && routes[i] == routes[i - 1])) continue;
+        route_refs.push_back(Route(cache, *snapshot, batch.at(i).subject()));
+      }
     }
 
     // Uncaptured events go to live subscribers at once.
-    Fanout fanout;
+    Fanout fanout(n);
     size_t uncaptured = 0;
     for (size_t i = 0; i < n; ++i) {
       if (routes[i]->stream != nullptr) continue;
@@ -754,6 +807,7 @@ class BusImpl final : public Bus {
     // Captured events: append per stream (keeping order), deliver when durable.
     auto state = std::make_shared<PublishState>(std::move(batch));
     state->snapshot = std::move(snapshot);
+    state->route_refs = std::move(route_refs);
     state->routes = std::move(routes);
     state->results.resize(n);
     state->done = std::move(done);
@@ -898,7 +952,7 @@ class BusImpl final : public Bus {
       if (state.error.ok()) state.error = first.status();
       return;
     }
-    Fanout fanout;
+    Fanout fanout(indexes.size());
     for (size_t k = 0; k < indexes.size(); ++k) {
       size_t i = indexes[k];
       state.results[i] = PublishResult{stream, *first + k};
