@@ -4,15 +4,14 @@
 // 16 events;
 // and replay (sequential read) throughput.
 //
-// Durability 3 is what a bus stream of durability `fsync` runs: the log in
-// kNone mode (its flusher only writes) with a bus LogSyncStage behind it that
-// fdatasyncs and acknowledges, overlapping the next write with the current
-// sync (bus/log_sync_stage.h); compare it with durability 0 (the log's own
-// kFsync: write, then sync, then the next group).
+// Durability 0 is what a bus stream of durability `fsync` runs: the log's
+// own kFsync, a two-stage pipeline (its flusher writes each group, its syncer
+// fdatasyncs everything written and acknowledges in order; see
+// log/segmented_log.h).
 //
 // Counters: events_per_s, ack_p50_us / ack_p99_us / ack_p999_us (time from
 // AppendAsync to its callback, per batch), groups_per_s (write calls),
-// syncs_per_s (durability 3: the stage's fdatasync calls).
+// syncs_per_s (durability 0: the log's syncer's fdatasync calls).
 // The log lives in $CITYOS_BENCH_DIR (default: /var/tmp), which must be on
 // the disk being measured (not tmpfs). Run with
 // --benchmark_format=json for figures that compare across runs.
@@ -31,7 +30,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "benchmark/benchmark.h"
-#include "bus/log_sync_stage.h"
 #include "log/log_format.h"
 #include "log/segmented_log.h"
 
@@ -62,13 +60,11 @@ double Percentile(std::vector<int64_t>& v, double q) {
   return static_cast<double>(v[k]);
 }
 
-// Args: durability (0 fsync, 1 interval, 2 none, 3 fsync by a sync stage),
+// Args: durability (0 fsync, 1 interval, 2 none),
 // publishers, batch size (events per AppendAsync), window (batches in flight
 // per publisher).
 void BM_Append(benchmark::State& state) {
-  const bool staged = state.range(0) == 3;
-  const auto durability =
-      staged ? Durability::kNone : static_cast<Durability>(state.range(0));
+  const auto durability = static_cast<Durability>(state.range(0));
   const int publishers = static_cast<int>(state.range(1));
   const int batch = static_cast<int>(state.range(2));
   const int window_size = static_cast<int>(state.range(3));
@@ -83,26 +79,8 @@ void BM_Append(benchmark::State& state) {
   std::vector<std::vector<int64_t>> latencies(publishers);
   std::atomic<uint64_t> groups{0};
   log->SetAppendListener([&](uint64_t) { groups.fetch_add(1); });
-  std::unique_ptr<bus_internal::LogSyncStage> stage;
-  if (staged) {
-    stage = std::make_unique<bus_internal::LogSyncStage>(log.get(), dir, nullptr);
-  }
-  const uint64_t batch_bytes = views.size() * (kEventBytes + kRecordOverhead);
-  // AppendAsync, through the stage when there is one.
   auto append = [&](absl::AnyInvocable<void(absl::StatusOr<uint64_t>) &&> done) {
-    if (!stage) {
-      log->AppendAsync(views, std::move(done));
-      return;
-    }
-    stage->Admit(batch_bytes);
-    log->AppendAsyncTimed(views, [&, done = std::move(done)](absl::StatusOr<uint64_t> first,
-                                                             absl::Time t) mutable {
-      stage->Written(std::move(first), static_cast<uint32_t>(views.size()), batch_bytes, t,
-                     [done = std::move(done)](absl::StatusOr<uint64_t> synced,
-                                              absl::Time) mutable {
-                       std::move(done)(std::move(synced));
-                     });
-    });
+    log->AppendAsync(views, std::move(done));
   };
   uint64_t events = 0;
   double seconds = 0;
@@ -123,7 +101,7 @@ void BM_Append(benchmark::State& state) {
           const int64_t t = NowNs();
           append([&, t](absl::StatusOr<uint64_t> r) {
             if (!r.ok()) std::abort();
-            lat.push_back(NowNs() - t);  // only the flusher (or stage) thread writes
+            lat.push_back(NowNs() - t);  // only the log's acknowledging thread writes
             acked.fetch_add(views.size(), std::memory_order_relaxed);
             window.release();
           });
@@ -140,8 +118,8 @@ void BM_Append(benchmark::State& state) {
   for (auto& v : latencies) all.insert(all.end(), v.begin(), v.end());
   state.counters["events_per_s"] = static_cast<double>(events) / seconds;
   state.counters["groups_per_s"] = static_cast<double>(groups.load()) / seconds;
-  if (stage) {
-    state.counters["syncs_per_s"] = static_cast<double>(stage->syncs_for_test()) / seconds;
+  if (durability == Durability::kFsync) {
+    state.counters["syncs_per_s"] = static_cast<double>(log->syncs_for_test()) / seconds;
   }
   state.counters["ack_p50_us"] = Percentile(all, 0.50) / 1e3;
   state.counters["ack_p99_us"] = Percentile(all, 0.99) / 1e3;
@@ -149,8 +127,6 @@ void BM_Append(benchmark::State& state) {
   state.SetItemsProcessed(static_cast<int64_t>(events));
   state.SetBytesProcessed(static_cast<int64_t>(events * kEventBytes));
   (void)log->Close();
-  if (stage) (void)stage->Close();
-  stage.reset();
   log.reset();
   std::filesystem::remove_all(dir);
 }
@@ -165,11 +141,8 @@ void AppendArgs(benchmark::internal::Benchmark* b) {
   // Deeper pipelines: what group commit sustains when fdatasync is slow.
   b->Args({0, 16, 16, 32});
   b->Args({0, 16, 16, 64});
-  // Log fsync vs the bus's sync stage with the bus benchmark's shape
-  // (batches of 64, 2 in flight per publisher).
-  for (int d : {0, 3}) {
-    for (int p : {1, 4, 16}) b->Args({d, p, 64, 2});
-  }
+  // The bus benchmark's shape (batches of 64, 2 in flight per publisher).
+  for (int p : {1, 4, 16}) b->Args({0, p, 64, 2});
 }
 BENCHMARK(BM_Append)
     ->Apply(AppendArgs)

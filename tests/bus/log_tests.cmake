@@ -5,5 +5,5 @@ cityos_test(bus_segmented_log_test LABEL bus
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/segmented_log_test.cc)
 cityos_test(bus_log_crash_test LABEL bus TIMEOUT 120
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/log_crash_test.cc)
-cityos_test(bus_log_sync_stage_test LABEL bus
-  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/log_sync_stage_test.cc)
+cityos_test(bus_log_backend_fsync_test LABEL bus
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/log_backend_fsync_test.cc)

@@ -864,6 +864,7 @@ TEST(SegmentedLog, RejectsInvalidOptions) {
        "sync_interval"},
       {[](LogOptions& o) { o.max_age = -absl::Seconds(1); }, "max_age"},
       {[](LogOptions& o) { o.max_pending_bytes = 0; }, "max_pending_bytes"},
+      {[](LogOptions& o) { o.max_unsynced_bytes = 0; }, "max_unsynced_bytes"},
       {[](LogOptions& o) { o.durability = static_cast<Durability>(7); },
        "durability"},
   };
@@ -964,6 +965,398 @@ TEST(SegmentedLog, FsyncFailureRefusesLaterAppends) {
     const std::string_view w[] = {"after reopen"};
     EXPECT_EQ(*log->Append(w), last + 1);
   }
+}
+
+// ------------------------------------------------------- kFsync pipeline
+
+// Pauses every kFsync log's syncer before its fdatasync; releases it even
+// when an assertion fails.
+struct PauseSyncs {
+  PauseSyncs() { SegmentedLog::PauseSyncsForTest(true); }
+  ~PauseSyncs() { Release(); }
+  void Release() { SegmentedLog::PauseSyncsForTest(false); }
+};
+
+uint64_t SegmentBytesIn(const std::string& dir) {
+  uint64_t total = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() == ".log") total += e.file_size();
+  }
+  return total;
+}
+
+size_t SegmentFilesIn(const std::string& dir) {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() == ".log") ++n;
+  }
+  return n;
+}
+
+TEST(SegmentedLog, FsyncHidesWrittenRecordsUntilSyncedAcrossRollOvers) {
+  ScopedTempDir dir;
+  LogOptions o = Options(dir.path());
+  o.segment_bytes = 1024;  // a roll-over for every big record
+  // During a sync the flusher is woken only once this much is queued
+  // (max_pending_bytes / 2), so it writes the big records while paused.
+  o.max_pending_bytes = 64 << 10;
+  constexpr size_t kBig = 1000;
+  auto log = OpenOrDie(o);
+  std::atomic<uint64_t> listened{0};
+  log->SetAppendListener([&](uint64_t last) { listened = last; });
+  AppendRange(*log, 1, 2);  // small: both in segment 1
+  // The listener runs after the acknowledgement.
+  for (int i = 0; i < 5000 && listened.load() != 2; ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  ASSERT_EQ(listened.load(), 2u);
+  absl::StatusOr<std::unique_ptr<LogReader>> reader = log->NewReader(1);
+  ASSERT_TRUE(reader.ok());
+  LogRecord rec;
+  for (uint64_t i = 1; i <= 2; ++i) {
+    ASSERT_TRUE(*(*reader)->Next(&rec));
+    ASSERT_EQ(rec.sequence, i);
+  }
+  const uint64_t synced_before = log->syncs_for_test();
+
+  // Records 3..83 in three phases: 3 alone (the group the paused syncer
+  // holds), then two phases of 40 big records; each crosses the eager-write
+  // threshold, so the flusher writes it as one group into a new segment (a
+  // group is never split), 82 KB written and unsynced in all.
+  constexpr uint64_t kLast = 83;
+  std::vector<uint64_t> order;
+  absl::Mutex mu;
+  absl::Notification all_done;
+  std::vector<std::string> payloads;
+  for (uint64_t i = 3; i <= kLast; ++i) payloads.push_back(Payload(i, kBig));
+  {
+    PauseSyncs pause;
+    const auto wait_for_files = [&](size_t n) {
+      for (int i = 0; i < 5000 && SegmentFilesIn(dir.path()) < n; ++i) {
+        absl::SleepFor(absl::Milliseconds(1));
+      }
+    };
+    const uint64_t empty = SegmentBytesIn(dir.path());
+    for (uint64_t i = 3; i <= kLast; ++i) {
+      if (i == 4) {  // 3 is written
+        for (int k = 0; k < 5000 && SegmentBytesIn(dir.path()) == empty; ++k) {
+          absl::SleepFor(absl::Milliseconds(1));
+        }
+        absl::SleepFor(absl::Milliseconds(5));  // the syncer holds it
+      }
+      if (i == 44) wait_for_files(2);
+      const std::string_view v[] = {payloads[i - 3]};
+      log->AppendAsync(v, [&, i](absl::StatusOr<uint64_t> first) {
+        EXPECT_TRUE(first.ok()) << first.status();
+        if (first.ok()) {
+          EXPECT_EQ(*first, i);
+        }
+        // Acknowledged: visible to readers.
+        EXPECT_GE(log->LastSequence(), i);
+        absl::MutexLock l(&mu);
+        order.push_back(i);
+        if (i == kLast) all_done.Notify();
+      });
+    }
+    // The flusher writes most of them (rolling over) ...
+    wait_for_files(3);
+    EXPECT_GE(SegmentFilesIn(dir.path()), 3u);
+    absl::SleepFor(absl::Milliseconds(20));
+    // ... but nothing of them is acknowledged or visible while no
+    // fdatasync ran: not the records, not the new segments.
+    {
+      absl::MutexLock l(&mu);
+      EXPECT_TRUE(order.empty());
+    }
+    EXPECT_EQ(log->LastSequence(), 2u);
+    const LogState st = log->State();
+    EXPECT_EQ(st.last_sequence, 2u);
+    EXPECT_EQ(st.events, 2u);
+    EXPECT_EQ(st.segments, 1u);  // the new segment files are not published
+    absl::StatusOr<bool> more = (*reader)->Next(&rec);
+    ASSERT_TRUE(more.ok()) << more.status();
+    EXPECT_FALSE(*more);
+    absl::StatusOr<std::unique_ptr<LogReader>> late = log->NewReader(10);
+    ASSERT_TRUE(late.ok());
+    more = (*late)->Next(&rec);
+    ASSERT_TRUE(more.ok()) << more.status();
+    EXPECT_FALSE(*more);
+    EXPECT_EQ(*log->SequenceAtOrAfter(absl::InfiniteFuture()), 3u);
+    EXPECT_EQ(listened.load(), 2u);
+  }
+  all_done.WaitForNotification();
+  {
+    absl::MutexLock l(&mu);
+    ASSERT_EQ(order.size(), kLast - 2);
+    for (uint64_t i = 0; i < order.size(); ++i) EXPECT_EQ(order[i], i + 3);
+  }
+  EXPECT_GT(log->syncs_for_test(), synced_before);
+  // The reader that stopped at 2 goes on through the new segments.
+  for (uint64_t i = 3; i <= kLast; ++i) {
+    absl::StatusOr<bool> more = (*reader)->Next(&rec);
+    ASSERT_TRUE(more.ok()) << more.status();
+    ASSERT_TRUE(*more) << "sequence " << i;
+    ASSERT_EQ(rec.sequence, i);
+    ASSERT_EQ(rec.payload, Payload(i, kBig));
+  }
+  EXPECT_GE(log->State().segments, 3u);
+  ASSERT_TRUE(log->Close().ok());
+  EXPECT_EQ(listened.load(), kLast);
+  log = OpenOrDie(o);
+  EXPECT_FALSE(log->recovery_info().truncated);
+  std::vector<LogRecord> recs = ReadAll(*log);
+  ASSERT_EQ(recs.size(), kLast);
+  for (uint64_t i = 1; i <= kLast; ++i) {
+    ASSERT_EQ(recs[i - 1].sequence, i);
+    ASSERT_EQ(recs[i - 1].payload, Payload(i, i <= 2 ? 100 : kBig));
+  }
+}
+
+TEST(SegmentedLog, FsyncAppendsFromCallbacksNeverWaitForTheLogsThreads) {
+  ScopedTempDir dir;
+  LogOptions o = Options(dir.path());
+  o.max_pending_bytes = 256;  // back-pressure at once
+  auto log = OpenOrDie(o);
+  constexpr int kChain = 50;
+  std::atomic<int> acked{0};
+  absl::Notification done;
+  const std::string p = Payload(1);
+  std::function<void(absl::StatusOr<uint64_t>)> next;
+  next = [&](absl::StatusOr<uint64_t> first) {
+    EXPECT_TRUE(first.ok()) << first.status();
+    if (++acked == kChain) {
+      done.Notify();
+      return;
+    }
+    // On the syncer thread: two appends, over the pending bound, must not
+    // block (the syncer would wait for itself).
+    const std::string_view v[] = {p, p};
+    log->AppendAsync(v, [](absl::StatusOr<uint64_t>) {});
+    log->AppendAsync(v, [&](absl::StatusOr<uint64_t> r) { next(std::move(r)); });
+  };
+  const std::string_view v[] = {p};
+  log->AppendAsync(v, [&](absl::StatusOr<uint64_t> r) { next(std::move(r)); });
+  done.WaitForNotification();
+  ASSERT_TRUE(log->Close().ok());
+  EXPECT_EQ(log->State().last_sequence, 1u + 4u * (kChain - 1));
+}
+
+TEST(SegmentedLog, FsyncCloseSyncsAndAcknowledgesEverythingQueued) {
+  ScopedTempDir dir;
+  LogOptions o = Options(dir.path());
+  o.segment_bytes = 4096;
+  constexpr int kAppends = 300;
+  std::atomic<int> ok{0};
+  std::vector<std::string> payloads;
+  for (int i = 1; i <= kAppends; ++i) payloads.push_back(Payload(i));
+  {
+    auto log = OpenOrDie(o);
+    for (int i = 0; i < kAppends; ++i) {
+      const std::string_view v[] = {payloads[i]};
+      log->AppendAsync(v, [&](absl::StatusOr<uint64_t> first) {
+        if (first.ok()) ok.fetch_add(1);
+      });
+    }
+    ASSERT_TRUE(log->Close().ok());
+    EXPECT_EQ(ok.load(), kAppends);
+    EXPECT_EQ(log->LastSequence(), uint64_t{kAppends});
+  }
+  auto log = OpenOrDie(o);
+  EXPECT_FALSE(log->recovery_info().truncated);
+  ExpectPayloads(ReadAll(*log), 1, kAppends);
+}
+
+TEST(SegmentedLog, FsyncFailedSyncFailsEveryAppendWrittenBehindIt) {
+  ScopedTempDir dir;
+  auto log = OpenOrDie(Options(dir.path()));
+  AppendRange(*log, 1, 2);
+  std::vector<absl::Status> results(20);
+  std::atomic<int> done{0};
+  absl::Notification all;
+  const std::string p = Payload(3);
+  {
+    PauseSyncs pause;
+    log->FailSyncsForTest(true);
+    for (int i = 0; i < 20; ++i) {
+      const std::string_view v[] = {p};
+      log->AppendAsync(v, [&, i](absl::StatusOr<uint64_t> first) {
+        results[i] = first.status();
+        if (++done == 20) all.Notify();
+      });
+    }
+    absl::SleepFor(absl::Milliseconds(20));  // let the flusher write some
+  }
+  all.WaitForNotification();
+  // Whatever was written when the sync failed fails INTERNAL, everything
+  // after it FAILED_PRECONDITION; nothing is acknowledged or visible.
+  bool refused = false;
+  for (const absl::Status& s : results) {
+    ASSERT_FALSE(s.ok());
+    if (s.code() == absl::StatusCode::kFailedPrecondition) refused = true;
+    if (refused) {
+      EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    } else {
+      EXPECT_EQ(s.code(), absl::StatusCode::kInternal) << s;
+      EXPECT_THAT(s.message(), HasSubstr("fdatasync"));
+    }
+  }
+  EXPECT_EQ(results[0].code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(log->LastSequence(), 2u);
+  EXPECT_EQ(ReadAll(*log).size(), 2u);
+  log->FailSyncsForTest(false);
+  const std::string_view v[] = {p};
+  EXPECT_EQ(log->Append(v).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// Polls `cond` (no timing assertion: the caller asserts the condition).
+template <typename Cond>
+void WaitUntil(Cond cond) {
+  for (int i = 0; i < 10000 && !cond(); ++i) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+}
+
+// A failed fdatasync at a roll-over (on the flusher, while the syncer holds
+// the group written before): the group it covered fails INTERNAL
+// "fdatasync <old segment>", the group that rolls and every later one
+// FAILED_PRECONDITION; nothing is acknowledged. Both with every sync failing
+// and with only the first one failing (Linux reports a writeback error once
+// per open file: the syncer's later fdatasync of the same file succeeds and
+// must not acknowledge what the failed one covered).
+TEST(SegmentedLog, FsyncFailedRollOverSyncFailsCoveredGroupsInternal) {
+  for (const bool fail_once : {false, true}) {
+    SCOPED_TRACE(fail_once ? "first sync fails" : "every sync fails");
+    ScopedTempDir dir;
+    LogOptions o = Options(dir.path());
+    o.segment_bytes = 1024;
+    // During a sync the flusher is woken once max_pending_bytes / 2 are
+    // queued: a big record wakes it, so it rolls while the syncer is paused.
+    o.max_pending_bytes = 1024;
+    auto log = OpenOrDie(o);
+    AppendRange(*log, 1, 2);  // small: segment 1 stays under 1024 bytes
+    const std::string a = Payload(3, 900);
+    const std::string b = Payload(4, 900);
+    const std::string c = Payload(5);
+    absl::Status results[3];
+    std::atomic<int> done{0};
+    absl::Notification all;
+    const auto record = [&](int i) {
+      return [&, i](absl::StatusOr<uint64_t> first) {
+        results[i] = first.status();
+        if (++done == 3) all.Notify();
+      };
+    };
+    {
+      PauseSyncs pause;
+      const std::string_view va[] = {a};
+      log->AppendAsync(va, record(0));  // segment 1 now over segment_bytes
+      WaitUntil([&] { return log->unsynced_bytes_for_test() > 0; });
+      ASSERT_GT(log->unsynced_bytes_for_test(), 0u);  // written, held
+      if (fail_once) {
+        log->FailNextSyncsForTest(1);
+      } else {
+        log->FailSyncsForTest(true);
+      }
+      const std::string_view vb[] = {b};
+      log->AppendAsync(vb, record(1));  // rolls: syncs segment 1 and fails
+      WaitUntil([&] { return log->refuses_appends_for_test(); });
+      ASSERT_TRUE(log->refuses_appends_for_test());
+      const std::string_view vc[] = {c};
+      log->AppendAsync(vc, record(2));
+      EXPECT_EQ(done.load(), 0);  // completed in order, behind the held one
+    }
+    all.WaitForNotification();
+    EXPECT_EQ(results[0].code(), absl::StatusCode::kInternal) << results[0];
+    EXPECT_THAT(results[0].message(), HasSubstr("fdatasync"));
+    EXPECT_THAT(results[0].message(), HasSubstr(dir.File(1)));
+    for (int i = 1; i < 3; ++i) {
+      EXPECT_EQ(results[i].code(), absl::StatusCode::kFailedPrecondition)
+          << results[i];
+      EXPECT_THAT(results[i].message(), HasSubstr("reopen"));
+    }
+    EXPECT_EQ(log->LastSequence(), 2u);
+    EXPECT_EQ(ReadAll(*log).size(), 2u);
+    EXPECT_EQ(log->State().segments, 1u);
+    log->FailSyncsForTest(false);
+    const std::string_view v[] = {c};
+    EXPECT_EQ(log->Append(v).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+    log.reset();
+    log = OpenOrDie(o);  // reopening recovers the acknowledged prefix
+    std::vector<LogRecord> recs = ReadAll(*log);
+    ASSERT_GE(recs.size(), 2u);
+    recs.resize(2);
+    ExpectPayloads(recs, 1, 2);
+  }
+}
+
+// Written but unsynced bytes never exceed max_unsynced_bytes: with the
+// syncer paused, the flusher writes up to the bound and leaves the rest
+// queued; once released, every append is acknowledged in order, each
+// fdatasync covering at most the bound.
+TEST(SegmentedLog, FsyncBoundsWrittenButUnsyncedBytes) {
+  ScopedTempDir dir;
+  LogOptions o = Options(dir.path());
+  constexpr uint64_t kBound = 4096;
+  constexpr size_t kPayload = 200;
+  constexpr uint64_t kBatchBytes = kRecordOverhead + kPayload;
+  constexpr int kAppends = 500;  // ~110 KB: past the 64 KiB eager-write mark
+  o.max_unsynced_bytes = kBound;
+  o.max_pending_bytes = uint64_t{1} << 20;  // the queue holds them all
+  o.segment_bytes = 32 << 10;               // and a few roll-overs
+  auto log = OpenOrDie(o);
+  std::vector<std::string> payloads;
+  for (int i = 1; i <= kAppends; ++i) payloads.push_back(Payload(i, kPayload));
+  std::vector<uint64_t> order;
+  absl::Mutex mu;
+  absl::Notification all;
+  const auto append = [&](int i) {
+    const std::string_view v[] = {payloads[i - 1]};
+    log->AppendAsync(v, [&, i](absl::StatusOr<uint64_t> first) {
+      EXPECT_TRUE(first.ok()) << first.status();
+      if (first.ok()) {
+        EXPECT_EQ(*first, uint64_t(i));
+      }
+      absl::MutexLock l(&mu);
+      order.push_back(i);
+      if (i == kAppends) all.Notify();
+    });
+  };
+  {
+    PauseSyncs pause;
+    for (int i = 1; i <= kAppends; ++i) append(i);
+    // The flusher fills up to the bound, then waits for a sync.
+    WaitUntil([&] {
+      return log->unsynced_bytes_for_test() + kBatchBytes > kBound;
+    });
+    EXPECT_GT(log->unsynced_bytes_for_test() + kBatchBytes, kBound);
+    EXPECT_LE(log->unsynced_bytes_for_test(), kBound);
+    EXPECT_LE(log->max_unsynced_bytes_seen_for_test(), kBound);
+    absl::MutexLock l(&mu);
+    EXPECT_TRUE(order.empty());
+  }
+  all.WaitForNotification();
+  EXPECT_LE(log->max_unsynced_bytes_seen_for_test(), kBound);
+  {
+    absl::MutexLock l(&mu);
+    ASSERT_EQ(order.size(), size_t{kAppends});
+    for (int i = 0; i < kAppends; ++i) EXPECT_EQ(order[i], uint64_t(i + 1));
+  }
+  // Each fdatasync covered at most kBound bytes.
+  EXPECT_GE(log->syncs_for_test(), kAppends * kBatchBytes / kBound);
+  // A single batch over the bound is still written (alone).
+  const std::string big = Payload(kAppends + 1, 3 * kBound);
+  const std::string_view v[] = {big};
+  absl::StatusOr<uint64_t> seq = log->Append(v);
+  ASSERT_TRUE(seq.ok()) << seq.status();
+  EXPECT_EQ(*seq, uint64_t{kAppends + 1});
+  ASSERT_TRUE(log->Close().ok());
+  log = OpenOrDie(o);
+  std::vector<LogRecord> recs = ReadAll(*log);
+  ASSERT_EQ(recs.size(), size_t{kAppends + 1});
+  recs.pop_back();
+  ExpectPayloads(recs, 1, kAppends, kPayload);
 }
 
 // Child-side check for the forked full-disk test: prints and exits.

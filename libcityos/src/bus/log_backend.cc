@@ -8,11 +8,11 @@
 // Each log record's payload is: varint32 subject length, subject bytes, then
 // the serialized cityos.event.v1.Event.
 //
-// An `fsync` stream's log runs in two stages (bus/log_sync_stage.h): the log's
-// flusher writes each group (its Durability::kNone), a LogSyncStage thread
-// fdatasyncs and acknowledges, so the next group's write overlaps the current
-// sync. Readers and stream info of such a stream stop at the stage's
-// durable_last(): nothing is handed out before it is acknowledged.
+// An `fsync` stream's log commits in two stages inside SegmentedLog (its
+// kFsync pipeline, log/segmented_log.h): the log's flusher writes each group,
+// its syncer fdatasyncs everything written and then acknowledges, so the next
+// group is written while the current one syncs. The log's readers and state
+// show only synced records: nothing is handed out before it is acknowledged.
 #include <condition_variable>
 #include <filesystem>
 #include <map>
@@ -24,7 +24,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
-#include "bus/log_sync_stage.h"
 #include "bus/validate.h"
 #include "cityos/bus_backend.h"
 #include "cityos/clock.h"
@@ -43,7 +42,6 @@ namespace fs = std::filesystem;
 using log_internal::LogReader;
 using log_internal::LogRecord;
 using log_internal::SegmentedLog;
-using bus_internal::LogSyncStage;
 using nlohmann::json;
 
 constexpr int kFormat = 1;
@@ -190,8 +188,8 @@ struct Consumer {
   ConsumerConfig config;
   std::unique_ptr<LogReader> reader;  // positioned at next_seq
   uint64_t next_seq = 1;
-  // A record read from the log but not yet durable (fsync streams): handed
-  // out once it is. Its sequence is next_seq.
+  // A record read from the log after `visible` was taken: handed out on the
+  // next read. Its sequence is next_seq.
   LogRecord held;
   bool has_held = false;
   std::map<uint64_t, InFlight> in_flight;
@@ -208,8 +206,6 @@ struct Consumer {
 struct Stream {
   StreamConfig config;
   std::string dir;
-  // fsync streams: the sync stage behind `log` (which then only writes).
-  std::shared_ptr<LogSyncStage> stage;
   std::unique_ptr<SegmentedLog> log;
   std::mutex mu;
   std::condition_variable cv;  // appends, acks/naks, members leaving, deletion
@@ -219,35 +215,16 @@ struct Stream {
 
   ~Stream() { CloseLog().IgnoreError(); }
 
-  // Closes the log (pending appends are written), then the stage (they are
-  // synced and acknowledged). Idempotent.
-  absl::Status CloseLog() {
-    absl::Status st = log ? log->Close() : absl::OkStatus();
-    if (stage) {
-      absl::Status c = stage->Close();
-      if (st.ok()) st = c;
-    }
-    return st;
-  }
+  // Closes the log: pending appends are written (fsync: and synced) and
+  // acknowledged. Idempotent.
+  absl::Status CloseLog() { return log ? log->Close() : absl::OkStatus(); }
 
-  // Newest record readers may see: acknowledged (durable for fsync streams).
-  uint64_t VisibleLast() const {
-    return stage ? std::min(stage->durable_last(), log->LastSequence()) : log->LastSequence();
-  }
+  // Newest record readers may see: acknowledged (durable for fsync streams;
+  // the log shows nothing before that).
+  uint64_t VisibleLast() const { return log->LastSequence(); }
 
-  // The log's extent as acknowledged: without the records an fsync stream
-  // has written but not yet synced.
-  log_internal::LogState State() const {
-    log_internal::LogState st = log->State();
-    if (!stage) return st;
-    const uint64_t durable = stage->durable_last();
-    if (st.last_sequence <= durable) return st;
-    st.last_sequence = std::max(durable, st.first_sequence - 1);
-    st.events = st.last_sequence + 1 - st.first_sequence;
-    st.last_time = st.events > 0 ? stage->durable_last_time() : absl::InfinitePast();
-    if (st.events == 0) st.first_time = absl::InfinitePast();
-    return st;
-  }
+  // The log's extent as acknowledged.
+  log_internal::LogState State() const { return log->State(); }
 };
 
 class LogStreamReader final : public StreamReader {
@@ -268,7 +245,8 @@ class LogStreamReader final : public StreamReader {
       CITYOS_ASSIGN_OR_RETURN(bool more, reader_->Next(&rec_));
       if (!more) return false;
     }
-    // Written but not yet durable (retention skipped ahead): wait for it.
+    // Acknowledged after `visible` was taken (retention skipped ahead): on
+    // the next call.
     held_ = rec_.sequence > visible;
     if (held_) return false;
     out->sequence = rec_.sequence;
@@ -287,7 +265,7 @@ class LogStreamReader final : public StreamReader {
   std::shared_ptr<Stream> stream_;
   std::unique_ptr<LogReader> reader_;
   LogRecord rec_;
-  bool held_ = false;  // rec_ was read but is not yet visible
+  bool held_ = false;  // rec_ was read but is newer than `visible` was
 };
 
 class LogBackend final : public BusBackend {
@@ -426,26 +404,6 @@ class LogBackend final : public BusBackend {
     std::vector<std::string_view> views(records.size());
     for (size_t i = 0, start = 0; i < records.size(); start = ends[i], ++i) {
       views[i] = std::string_view(buf).substr(start, ends[i] - start);
-    }
-    if (std::shared_ptr<LogSyncStage> stage = (*s)->stage) {
-      if (absl::Status refused = stage->Refusal(); !refused.ok()) {
-        done(refused, absl::InfinitePast());
-        return;
-      }
-      // Written by the log's flusher, synced and acknowledged by the stage.
-      const uint32_t n = static_cast<uint32_t>(records.size());
-      const uint64_t bytes = buf.size() + n * log_internal::kRecordOverhead;
-      stage->Admit(bytes);  // back-pressure: bounds what one sync covers
-      (*s)->log->AppendAsyncTimed(
-          views, [stage, n, bytes, done = std::move(done)](absl::StatusOr<uint64_t> first,
-                                                           absl::Time t) mutable {
-            stage->Written(std::move(first), n, bytes, t,
-                           [done = std::move(done)](absl::StatusOr<uint64_t> synced,
-                                                    absl::Time stored_at) mutable {
-                             done(std::move(synced), stored_at);
-                           });
-          });
-      return;
     }
     (*s)->log->AppendAsyncTimed(
         views, [done = std::move(done)](absl::StatusOr<uint64_t> first, absl::Time t) mutable {
@@ -722,9 +680,6 @@ class LogBackend final : public BusBackend {
     log_internal::LogOptions lo;
     lo.dir = s->dir + "/log";
     lo.durability = ToLogDurability(config.durability);
-    // fsync: the log writes, the stage below syncs (see the top of this file).
-    const bool staged = lo.durability == log_internal::Durability::kFsync;
-    if (staged) lo.durability = log_internal::Durability::kNone;
     lo.sync_interval = config.sync_interval;
     lo.segment_bytes = config.segment_bytes;
     lo.max_age = config.max_age;
@@ -745,11 +700,7 @@ class LogBackend final : public BusBackend {
         st->cv.notify_all();
       }
     };
-    if (staged) {
-      s->stage = std::make_shared<LogSyncStage>(s->log.get(), lo.dir, std::move(wake));
-    } else {
-      s->log->SetAppendListener(std::move(wake));
-    }
+    s->log->SetAppendListener(std::move(wake));
     return s;
   }
 
@@ -789,7 +740,8 @@ class LogBackend final : public BusBackend {
       c.next_seq = c.reader->next_sequence();
       if (!more) return false;
     }
-    // Written but not yet durable (retention skipped ahead): wait for it.
+    // Acknowledged after `visible` was taken (retention skipped ahead): on
+    // the next read.
     c.has_held = rec.sequence > visible;
     if (c.has_held) {
       c.next_seq = rec.sequence;

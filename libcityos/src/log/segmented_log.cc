@@ -336,6 +336,10 @@ absl::Status ValidateOptions(const LogOptions& o) {
     return absl::InvalidArgumentError(
         "LogOptions.max_pending_bytes must be > 0");
   }
+  if (o.max_unsynced_bytes == 0) {
+    return absl::InvalidArgumentError(
+        "LogOptions.max_unsynced_bytes must be > 0");
+  }
   return absl::OkStatus();
 }
 
@@ -467,7 +471,15 @@ absl::StatusOr<std::unique_ptr<SegmentedLog>> SegmentedLog::Open(
   CITYOS_RETURN_IF_ERROR(ValidateOptions(options));
   std::unique_ptr<SegmentedLog> log(new SegmentedLog(options));
   CITYOS_RETURN_IF_ERROR(log->Recover());
+  // Small enough that most of a group is written while the previous one
+  // syncs (on a slow disk the write at the end of the sync would otherwise
+  // lengthen every cycle), large enough to save most wake-ups.
+  log->eager_write_bytes_ = std::max<uint64_t>(
+      1, std::min<uint64_t>(uint64_t{64} << 10, options.max_pending_bytes / 2));
   log->flusher_ = std::thread([raw = log.get()] { raw->FlusherLoop(); });
+  if (log->pipelined()) {
+    log->syncer_ = std::thread([raw = log.get()] { raw->SyncerLoop(); });
+  }
   return log;
 }
 
@@ -626,6 +638,10 @@ absl::Status SegmentedLog::Recover() {
   active_size_ = active_->committed_size.load();
   active_last_index_offset_ =
       active_->index.empty() ? 0 : active_->index.back().offset;
+  active_written_last_ = active_->last_sequence;
+  active_written_first_time_ns_ = active_->first_time_ns;
+  active_written_last_time_ns_ = active_->last_time_ns;
+  active_written_index_ = active_->index;
   int64_t last_time_ns = 0;
   for (const auto& s : segments) {
     if (!s->empty()) last_time_ns = s->last_time_ns;
@@ -791,10 +807,11 @@ void SegmentedLog::AppendAsyncImpl(absl::Span<const std::string_view> payloads,
   {
     absl::MutexLock l(&mu_);
     if (!closing_) {
-      const bool on_flusher = std::this_thread::get_id() == flusher_id_.load();
-      while (error.ok() && !on_flusher && !closing_ && failed_.ok() &&
+      const bool on_log_thread = OnLogThread();
+      while (error.ok() && !on_log_thread && !closing_ && failed_.ok() &&
              !pending_.empty() &&
              pending_.size() + bytes > options_.max_pending_bytes) {
+        if (flusher_waiting_) work_cv_.Signal();  // it must drain the queue
         space_cv_.Wait(&mu_);
       }
     }
@@ -810,13 +827,22 @@ void SegmentedLog::AppendAsyncImpl(absl::Span<const std::string_view> payloads,
         const uint64_t first = next_sequence_;
         const uint32_t n = static_cast<uint32_t>(payloads.size());
         next_sequence_ += n;
+        const size_t start = pending_.size();
         for (uint32_t i = 0; i < n; ++i) {
           AppendRecord(&pending_, first + i, t, payloads[i], i + 1 < n);
         }
-        pending_batches_.push_back(
-            {first, n, absl::OkStatus(), std::move(done)});
+        pending_batches_.push_back({first, n, absl::OkStatus(),
+                                    std::move(done), pending_.size() - start});
       }
-      if (was_empty) work_cv_.Signal();
+      if (!pipelined()) {
+        if (was_empty) work_cv_.Signal();
+      } else if (flusher_waiting_ && FlusherCanWriteLocked() &&
+                 (!syncing_ || pending_.size() >= eager_write_bytes_)) {
+        // During a sync the syncer wakes the flusher when it ends, or an
+        // appender once eager_write_bytes_ are queued: one wake-up for
+        // several appends instead of one per append.
+        work_cv_.Signal();
+      }
       return;
     }
   }
@@ -830,7 +856,7 @@ void SegmentedLog::AppendAsyncImpl(absl::Span<const std::string_view> payloads,
 
 absl::StatusOr<uint64_t> SegmentedLog::Append(
     absl::Span<const std::string_view> payloads) {
-  if (std::this_thread::get_id() == flusher_id_.load()) {
+  if (OnLogThread()) {
     return absl::FailedPreconditionError(
         "Append must not be called from an append callback or listener");
   }
@@ -863,6 +889,60 @@ void SegmentedLog::FlusherLoop() {
   std::vector<PendingBatch> batches;
   for (;;) {
     bool exit = false;
+    if (pipelined()) {
+      {
+        absl::MutexLock l(&mu_);
+        // Written but unsynced bytes stay within max_unsynced_bytes: the
+        // flusher takes the longest prefix of the queue (whole batches) that
+        // fits and leaves the rest queued until a sync ends (a batch is
+        // always taken when nothing is unsynced).
+        while (!FlusherCanWriteLocked() &&
+               !(closing_ && pending_batches_.empty())) {
+          flusher_waiting_ = true;
+          work_cv_.Wait(&mu_);
+          flusher_waiting_ = false;
+        }
+        if (!pending_batches_.empty()) {
+          const uint64_t room =
+              unsynced_bytes_ >= options_.max_unsynced_bytes
+                  ? 0
+                  : options_.max_unsynced_bytes - unsynced_bytes_;
+          size_t k = 0;
+          uint64_t take = 0;
+          while (k < pending_batches_.size() &&
+                 (take + pending_batches_[k].bytes <= room ||
+                  (k == 0 && unsynced_bytes_ == 0))) {
+            take += pending_batches_[k].bytes;
+            ++k;
+          }
+          if (k == pending_batches_.size()) {
+            buf.swap(pending_);
+            batches.swap(pending_batches_);
+          } else {
+            buf.assign(pending_, 0, take);
+            pending_.erase(0, take);
+            batches.assign(
+                std::make_move_iterator(pending_batches_.begin()),
+                std::make_move_iterator(pending_batches_.begin() + k));
+            pending_batches_.erase(pending_batches_.begin(),
+                                   pending_batches_.begin() + k);
+          }
+          space_cv_.SignalAll();
+        }
+        exit = closing_ && pending_batches_.empty();
+      }
+      if (!batches.empty()) ProcessGroup(buf, batches);
+      buf.clear();
+      batches.clear();
+      if (exit) {
+        // The syncer syncs and completes what is still written, then exits.
+        absl::MutexLock l(&mu_);
+        flusher_done_ = true;
+        sync_cv_.Signal();
+        break;
+      }
+      continue;
+    }
     {
       absl::MutexLock l(&mu_);
       while (pending_batches_.empty() && !closing_) {
@@ -904,7 +984,7 @@ void SegmentedLog::ProcessGroup(std::string& buf,
   if (!buf.empty()) {
     absl::Status st;
     {
-      // Refused (Refuse(), or a failure while writing an earlier group):
+      // Poisoned (a failure while writing or syncing an earlier group):
       // nothing more is written.
       absl::MutexLock l(&mu_);
       st = failed_;
@@ -931,21 +1011,13 @@ void SegmentedLog::ProcessGroup(std::string& buf,
         }
       }
     }
-    int sync_err = 0;
-    if (st.ok() && options_.durability == Durability::kFsync &&
-        (sync_err = SyncActiveFile()) != 0) {
-      st = ErrnoStatus("fdatasync", active_->path, sync_err);
-      if (absl::IsResourceExhausted(st)) {
-        st = absl::InternalError(st.message());
-      }
-      Poison(st);
-    }
     if (!st.ok()) {
       FailGroup(batches, st, first_seq);
       return;
     }
 
-    // Commit: index entries every index_interval_bytes, then publish.
+    // Index entries every index_interval_bytes; then publish (kFsync: the
+    // syncer does, once the group is durable).
     const uint64_t end = offset + buf.size();
     int64_t first_time_ns = 0;
     int64_t last_time_ns = 0;
@@ -965,30 +1037,38 @@ void SegmentedLog::ProcessGroup(std::string& buf,
       }
       p += kRecordPrefixSize + (DecodeFixed32(h) & kLengthMask);
     }
-    {
-      absl::MutexLock l(&shared_->mu);
-      Segment& seg = *active_;
-      if (seg.empty()) seg.first_time_ns = first_time_ns;
-      seg.last_time_ns = last_time_ns;
-      seg.last_sequence = last_seq;
-      seg.index.insert(seg.index.end(), new_index_entries_.begin(),
-                       new_index_entries_.end());
-      seg.committed_size.store(end, std::memory_order_release);
-      shared_->committed_last.store(last_seq, std::memory_order_release);
+    if (active_written_last_ < active_->first_sequence) {
+      active_written_first_time_ns_ = first_time_ns;
     }
+    active_written_last_time_ns_ = last_time_ns;
+    active_written_last_ = last_seq;
+    active_written_index_.insert(active_written_index_.end(),
+                                 new_index_entries_.begin(),
+                                 new_index_entries_.end());
+    Extent extent{active_,       std::exchange(active_unpublished_, false),
+                  end,           last_seq,
+                  first_time_ns, last_time_ns,
+                  new_index_entries_};
     active_size_ = end;
-    if (options_.durability != Durability::kFsync && !dirty_) {
+    if (!dirty_) {
       dirty_ = true;
       next_sync_ = absl::Now() + options_.sync_interval;
     }
-  }
-  for (PendingBatch& b : batches) {
-    if (b.count == 0) {
-      std::move(b.done)(std::move(b.status));
-    } else {
-      std::move(b.done)(b.first_sequence);
+    if (pipelined()) {
+      HandOff(WrittenGroup{std::move(extent), buf.size(), absl::OkStatus(),
+                           std::move(batches)});
+      return;
     }
+    {
+      absl::MutexLock l(&shared_->mu);
+      CommitLocked(extent);
+    }
+  } else if (pipelined()) {
+    // Only pre-set errors: completed in order by the syncer.
+    HandOff(WrittenGroup{Extent{}, 0, absl::OkStatus(), std::move(batches)});
+    return;
   }
+  Complete(batches, absl::OkStatus());
   if (last_seq != 0) {
     std::shared_ptr<const std::function<void(uint64_t)>> listener;
     {
@@ -1010,23 +1090,260 @@ void SegmentedLog::FailGroup(std::vector<PendingBatch>& batches,
     if (first_sequence != 0) next_sequence_ = first_sequence;
     space_cv_.SignalAll();
   }
-  for (auto* list : {&batches, &behind}) {
-    for (PendingBatch& b : *list) {
-      std::move(b.done)(b.count == 0 ? std::move(b.status) : status);
+  if (pipelined()) {
+    // In order behind the groups written before: through the syncer.
+    batches.insert(batches.end(), std::make_move_iterator(behind.begin()),
+                   std::make_move_iterator(behind.end()));
+    Extent extent;
+    if (active_unpublished_) {  // a roll made it: readers must get to it
+      extent.seg = active_;
+      extent.new_segment = true;
+      extent.end = active_size_;
+      active_unpublished_ = false;
+    }
+    HandOff(WrittenGroup{std::move(extent), 0, status, std::move(batches)});
+    return;
+  }
+  Complete(batches, status);
+  Complete(behind, status);
+}
+
+void SegmentedLog::Complete(std::vector<PendingBatch>& batches,
+                            const absl::Status& status) {
+  for (PendingBatch& b : batches) {
+    if (b.count == 0) {
+      std::move(b.done)(std::move(b.status));
+    } else if (!status.ok()) {
+      std::move(b.done)(status);
+    } else {
+      std::move(b.done)(b.first_sequence);
     }
   }
 }
 
-int SegmentedLog::SyncActiveFile() {
-  if (fail_syncs_for_test_.load()) return EIO;
-  return ::fdatasync(active_->fd) == 0 ? 0 : errno;
+void SegmentedLog::CommitLocked(Extent& e) {
+  if (e.seg == nullptr) return;
+  auto& segs = shared_->segments;
+  if (e.new_segment) {
+    segs.back()->sealed.store(true, std::memory_order_release);
+    segs.push_back(e.seg);
+  }
+  if (e.last_sequence < e.seg->first_sequence) return;  // nothing written
+  Segment& seg = *e.seg;
+  if (seg.empty()) seg.first_time_ns = e.first_time_ns;
+  seg.last_time_ns = e.last_time_ns;
+  seg.last_sequence = e.last_sequence;
+  seg.index.insert(seg.index.end(), e.index.begin(), e.index.end());
+  seg.committed_size.store(e.end, std::memory_order_release);
+  shared_->committed_last.store(e.last_sequence, std::memory_order_release);
+}
+
+void SegmentedLog::HandOff(WrittenGroup group) {
+  absl::MutexLock l(&mu_);
+  unsynced_bytes_ += group.bytes;
+  max_unsynced_seen_ = std::max(max_unsynced_seen_, unsynced_bytes_);
+  group.id = ++handed_off_groups_;
+  written_.push_back(std::move(group));
+  if (syncer_waiting_) sync_cv_.Signal();
+}
+
+bool SegmentedLog::FlusherCanWriteLocked() const {
+  if (pending_batches_.empty()) return false;
+  return unsynced_bytes_ == 0 ||
+         unsynced_bytes_ + pending_batches_.front().bytes <=
+             options_.max_unsynced_bytes;
+}
+
+uint64_t SegmentedLog::unsynced_bytes_for_test() const {
+  absl::MutexLock l(&mu_);
+  return unsynced_bytes_;
+}
+
+uint64_t SegmentedLog::max_unsynced_bytes_seen_for_test() const {
+  absl::MutexLock l(&mu_);
+  return max_unsynced_seen_;
+}
+
+bool SegmentedLog::refuses_appends_for_test() const {
+  absl::MutexLock l(&mu_);
+  return !failed_.ok();
+}
+
+struct SegmentedLog::TestPause {
+  // Read before every kFsync sync; the mutex is taken only while set.
+  std::atomic<bool> set{false};
+  absl::Mutex mu;
+  bool paused ABSL_GUARDED_BY(mu) = false;
+};
+
+SegmentedLog::TestPause& SegmentedLog::Pause() {
+  static TestPause* p = new TestPause;
+  return *p;
+}
+
+void SegmentedLog::PauseSyncsForTest(bool pause) {
+  TestPause& p = Pause();
+  absl::MutexLock l(&p.mu);
+  p.paused = pause;
+  p.set.store(pause, std::memory_order_relaxed);
+}
+
+void SegmentedLog::SyncerLoop() {
+  syncer_id_.store(std::this_thread::get_id());
+  std::vector<WrittenGroup> groups;
+  for (;;) {
+    {
+      absl::MutexLock l(&mu_);
+      while (written_.empty() && !flusher_done_) {
+        syncer_waiting_ = true;
+        sync_cv_.Wait(&mu_);
+        syncer_waiting_ = false;
+      }
+      if (written_.empty()) return;  // flusher done, everything completed
+      groups.swap(written_);
+      syncing_ = true;
+    }
+    // One fdatasync for everything written: records are written in order,
+    // and a segment older than the last one written was synced by the
+    // flusher when it was sealed (before the newer file existed).
+    std::shared_ptr<Segment> target;
+    uint64_t bytes = 0;
+    for (const WrittenGroup& g : groups) {
+      bytes += g.bytes;
+      if (g.status.ok() && g.extent.seg != nullptr &&
+          g.extent.last_sequence >= g.extent.seg->first_sequence) {
+        target = g.extent.seg;
+      }
+    }
+    bool synced = true;  // nothing to sync counts as synced
+    if (target != nullptr) {
+      TestPause& p = Pause();
+      if (p.set.load(std::memory_order_relaxed)) {
+        absl::MutexLock l(&p.mu);
+        p.mu.Await(absl::Condition(
+            +[](bool* paused) { return !*paused; }, &p.paused));
+      }
+    }
+    bool ack;
+    absl::Status sync_error;      // for the groups a failed sync covered
+    absl::Status refused_status;  // for the later ones
+    uint64_t covered_through = 0;
+    {
+      // "fdatasync + poison on failure" and the decision to acknowledge run
+      // under sync_mu_, as the flusher's roll-over sync does: if that one
+      // got the file's writeback error (Linux reports it once per open
+      // file), failed_ is set before this sync runs, whose success would
+      // prove nothing; and a roll-over sync failing after this one
+      // succeeded does not take back what this one made durable.
+      absl::MutexLock sl(&sync_mu_);
+      if (target != nullptr) {
+        bool refused;
+        {
+          absl::MutexLock l(&mu_);
+          refused = !failed_.ok();
+        }
+        if (refused) {
+          synced = false;
+        } else {
+          syncs_.fetch_add(1, std::memory_order_relaxed);
+          const int err = SyncFile(target->fd);
+          if (err != 0) {
+            synced = false;
+            PoisonSync(absl::InternalError(absl::StrCat("fdatasync ",
+                                                        target->path, ": ",
+                                                        std::strerror(err))),
+                       groups.back().id);
+          }
+        }
+      }
+      absl::MutexLock l(&mu_);
+      // A failure seen meanwhile (e.g. a failed truncate): acknowledge
+      // nothing more, nor make anything more visible (not even a new
+      // segment: the records before it may never have been).
+      ack = synced && failed_.ok();
+      if (!ack) {
+        sync_error = sync_error_;
+        refused_status = failed_;
+        covered_through = sync_covered_through_;
+        if (target != nullptr && closing_ && syncer_close_status_.ok()) {
+          syncer_close_status_ =
+              groups.back().id <= covered_through ? sync_error : failed_;
+        }
+      }
+      syncing_ = false;
+      unsynced_bytes_ -= std::min(unsynced_bytes_, bytes);
+      // Wake the flusher for what queued up during the sync.
+      if (flusher_waiting_ && FlusherCanWriteLocked()) work_cv_.Signal();
+    }
+    uint64_t last_seq = 0;
+    if (ack) {
+      absl::MutexLock l(&shared_->mu);
+      for (WrittenGroup& g : groups) {
+        // A failed write: only its segment (made by a roll) to publish.
+        CommitLocked(g.extent);
+        if (g.status.ok() && g.extent.seg != nullptr &&
+            g.extent.last_sequence >= g.extent.seg->first_sequence) {
+          last_seq = std::max(last_seq, g.extent.last_sequence);
+        }
+      }
+    }
+    for (WrittenGroup& g : groups) {
+      if (!g.status.ok()) {
+        Complete(g.batches, g.status);
+      } else if (ack) {
+        Complete(g.batches, absl::OkStatus());
+      } else {
+        // Covered by the failed fdatasync: its error; written after it (or
+        // refused before syncing): FAILED_PRECONDITION.
+        Complete(g.batches, g.id <= covered_through && !sync_error.ok()
+                                ? sync_error
+                                : refused_status);
+      }
+    }
+    groups.clear();
+    if (last_seq != 0) {
+      std::shared_ptr<const std::function<void(uint64_t)>> listener;
+      {
+        absl::MutexLock l(&mu_);
+        listener = listener_;
+      }
+      if (listener) (*listener)(last_seq);
+    }
+  }
+}
+
+int SegmentedLog::SyncFile(int fd) {
+  if (fail_syncs_for_test_.load(std::memory_order_relaxed)) return EIO;
+  if (fail_next_syncs_for_test_.load(std::memory_order_relaxed) > 0 &&
+      fail_next_syncs_for_test_.fetch_sub(1) > 0) {
+    return EIO;
+  }
+  return ::fdatasync(fd) == 0 ? 0 : errno;
 }
 
 absl::Status SegmentedLog::SyncActive() {
-  if (const int err = SyncActiveFile(); err != 0) {
+  absl::MutexLock sl(&sync_mu_);
+  if (pipelined()) {
+    // The syncer's fdatasync failed (it may have taken the file's only
+    // error report): this one would prove nothing.
+    absl::MutexLock l(&mu_);
+    if (!failed_.ok()) return failed_;
+  }
+  if (const int err = SyncFile(active_->fd); err != 0) {
     absl::Status s = absl::InternalError(
         absl::StrCat("fdatasync ", active_->path, ": ", std::strerror(err)));
-    Poison(s);
+    uint64_t covered;
+    {
+      absl::MutexLock l(&mu_);
+      covered = handed_off_groups_;  // all written before: in this segment
+    }
+    PoisonSync(s, covered);
+    if (pipelined()) {
+      // kFsync: the groups written before (in this segment) fail with `s`
+      // through the syncer; the group that rolls was not covered by it.
+      absl::MutexLock l(&mu_);
+      return failed_;
+    }
     return s;
   }
   dirty_ = false;
@@ -1042,16 +1359,24 @@ void SegmentedLog::Poison(const absl::Status& status) {
   }
 }
 
+void SegmentedLog::PoisonSync(const absl::Status& error,
+                              uint64_t covered_through) {
+  absl::MutexLock l(&mu_);
+  if (!failed_.ok()) return;  // an earlier failure decides
+  failed_ = absl::FailedPreconditionError(absl::StrCat(
+      "log ", options_.dir, " refuses appends after an earlier failure (",
+      error.message(), "); close and reopen it to recover"));
+  sync_error_ = error;
+  sync_covered_through_ = covered_through;
+}
+
 absl::Status SegmentedLog::Roll(uint64_t first_sequence) {
   // Seal the active segment: its data durable, its index written.
   if (dirty_) CITYOS_RETURN_IF_ERROR(SyncActive());
-  SegmentSummary summary;
-  {
-    absl::ReaderMutexLock l(&shared_->mu);
-    summary = SegmentSummary{
-        active_->first_sequence, active_->last_sequence, active_size_,
-        active_->first_time_ns,  active_->last_time_ns,  active_->index};
-  }
+  // The segment as written (kFsync: readers may not see all of it yet).
+  SegmentSummary summary{active_->first_sequence,        active_written_last_,
+                         active_size_,                   active_written_first_time_ns_,
+                         active_written_last_time_ns_,   active_written_index_};
   // Best effort: a missing or bad index is rebuilt by the next Open().
   WriteFileAtomically(options_.dir, active_->index_path,
                       EncodeIndexFile(summary), /*sync=*/false)
@@ -1060,7 +1385,10 @@ absl::Status SegmentedLog::Roll(uint64_t first_sequence) {
                           CreateSegmentFile(options_.dir, first_sequence));
   auto seg = std::make_shared<Segment>(options_.dir, first_sequence, fd);
   seg->committed_size.store(kSegmentHeaderSize);
-  {
+  if (pipelined()) {
+    // Published by the syncer, after the records of the sealed one.
+    active_unpublished_ = true;
+  } else {
     absl::MutexLock l(&shared_->mu);
     active_->sealed.store(true, std::memory_order_release);
     shared_->segments.push_back(seg);
@@ -1068,11 +1396,15 @@ absl::Status SegmentedLog::Roll(uint64_t first_sequence) {
   active_ = std::move(seg);
   active_size_ = kSegmentHeaderSize;
   active_last_index_offset_ = 0;
+  active_written_last_ = first_sequence - 1;
+  active_written_first_time_ns_ = 0;
+  active_written_last_time_ns_ = 0;
+  active_written_index_.clear();
   return absl::OkStatus();
 }
 
 absl::Status SegmentedLog::Close() {
-  if (std::this_thread::get_id() == flusher_id_.load()) {
+  if (OnLogThread()) {
     return absl::FailedPreconditionError(
         "Close must not be called from an append callback or listener");
   }
@@ -1085,7 +1417,12 @@ absl::Status SegmentedLog::Close() {
     space_cv_.SignalAll();
   }
   if (flusher_.joinable()) flusher_.join();
+  if (syncer_.joinable()) syncer_.join();
   close_status_ = flusher_close_status_;
+  if (close_status_.ok()) {
+    absl::MutexLock l(&mu_);
+    close_status_ = syncer_close_status_;
+  }
   if (lock_fd_ >= 0) {
     ::close(lock_fd_);
     lock_fd_ = -1;

@@ -25,6 +25,27 @@
 //     Use(record);
 //   }
 //
+// kFsync pipeline. A kFsync log runs two threads: the flusher (writer) takes
+// what is queued (appenders framed it), write(2)s it and hands the written
+// range to the syncer; the syncer runs one fdatasync(2) for every range
+// written since its last one, then makes those records visible to readers
+// and runs their callbacks in append order. With no sync running, an append
+// wakes the flusher at once. While the syncer syncs, appends collect in the
+// queue; the flusher is woken for them when the sync ends or once 64 KiB are
+// queued (half of max_pending_bytes if smaller), so one wake-up of each
+// thread serves several appends while most of a group is still written
+// during the sync before it. Written but unsynced bytes never exceed
+// max_unsynced_bytes (the flusher takes only the whole batches that fit).
+// Guarantee: an append is acknowledged, and its records visible to readers,
+// only once they and every record before them are on stable storage; a
+// failed fdatasync fails the appends it covered (INTERNAL) and every later
+// one (FAILED_PRECONDITION) until the log is reopened. A segment is synced
+// by the flusher when it is sealed (Roll), before the next segment file
+// exists; that fdatasync and the syncer's are serialized (sync_mu_), so an
+// error Linux reports to only one of them is seen by the other. The syncer
+// publishes the new segment to readers in order, after the records before
+// it.
+//
 // Internal to libcityos (not a public header).
 #ifndef CITYOS_LOG_SEGMENTED_LOG_H_
 #define CITYOS_LOG_SEGMENTED_LOG_H_
@@ -53,7 +74,8 @@ namespace cityos::log_internal {
 
 // When an append is acknowledged (its callback runs with a sequence).
 enum class Durability {
-  kFsync,     // after write(2) and fdatasync(2) of the batch (group commit)
+  kFsync,     // after write(2) and fdatasync(2) of the batch (group commit,
+              // in two stages: see "kFsync pipeline" below)
   kInterval,  // after write(2); the flusher fdatasyncs every sync_interval
   kNone,      // after write(2); synced only on segment roll-over and Close()
 };
@@ -86,6 +108,12 @@ struct LogOptions {
   // not yet written (a batch is always admitted into an empty queue).
   // > 0. Default: 64 MiB.
   uint64_t max_pending_bytes = uint64_t{64} << 20;
+  // kFsync only: most bytes written but not yet fdatasync'ed at any time
+  // (what one fdatasync may have to flush). The flusher writes from the
+  // queue only as much as fits under it (whole batches; a single batch
+  // larger than this is written alone once nothing is unsynced) and leaves
+  // the rest queued until a sync ends. > 0. Default: 16 MiB.
+  uint64_t max_unsynced_bytes = uint64_t{16} << 20;
   // Open() CRC-checks every record of sealed segments too. When false, a
   // sealed segment with a valid index file whose recorded size matches the
   // file is trusted without reading it (the last segment is always scanned).
@@ -195,7 +223,8 @@ class SegmentedLog {
   // Appends `payloads` atomically (all or none, also across a crash) with
   // consecutive sequence numbers; their publish time is the clock's now,
   // made non-decreasing within the log. The payloads are copied before the
-  // call returns. `done` runs exactly once on the log's flusher thread when
+  // call returns. `done` runs exactly once on the log's flusher thread (the
+  // syncer thread for kFsync) when
   // the batch is durable per options.durability, with the first sequence; or
   // with an error:
   //   INVALID_ARGUMENT  empty batch or a payload over kMaxPayloadBytes;
@@ -203,12 +232,15 @@ class SegmentedLog {
   //                     this batch or of any batch queued behind it was kept,
   //                     sequence numbers were rolled back; retry later;
   //   INTERNAL          another write error (same rollback), or fdatasync
-  //                     failed (then the log refuses all later appends);
+  //                     failed (then the log refuses all later appends;
+  //                     kFsync: the batches written before the failed sync
+  //                     get INTERNAL, every later one FAILED_PRECONDITION);
   //   FAILED_PRECONDITION the log is closed or refuses appends after an
   //                     fdatasync failure (reopen to recover).
   // After Close() (no flusher any more) `done` runs on the calling thread
   // before AppendAsync returns. Blocks while options.max_pending_bytes are
-  // queued (never on the flusher thread). Thread-safe. `done` must not block
+  // queued (for kFsync the queue drains only as syncs leave room under
+  // max_unsynced_bytes); never on the log's own threads. Thread-safe. `done` must not block
   // for long: it delays every later acknowledgement.
   void AppendAsync(absl::Span<const std::string_view> payloads,
                    AppendCallback done);
@@ -250,7 +282,8 @@ class SegmentedLog {
   // Not run automatically: the owner calls it (e.g. on a timer). Thread-safe.
   absl::Status ApplyRetention();
 
-  // Registers `listener` (null clears it), run on the flusher thread after
+  // Registers `listener` (null clears it), run on the flusher (kFsync:
+  // syncer) thread after
   // each durable group, after its callbacks, with the group's last sequence.
   // It must not block for long or call Append/Close. Thread-safe.
   void SetAppendListener(std::function<void(uint64_t last_sequence)> listener);
@@ -260,14 +293,25 @@ class SegmentedLog {
   // seen while closing. Must not be called from a callback or the listener.
   absl::Status Close();
 
-  // Makes the log refuse every append from now on, as after a failed
-  // fdatasync of its own: new appends and the groups still queued fail with
-  // FAILED_PRECONDITION naming `why`; nothing more is written. For an owner
-  // that syncs the log itself (the bus's sync stage). Thread-safe.
-  void Refuse(const absl::Status& why) { Poison(why); }
-
   // Test hook: while set, every fdatasync of a segment fails with EIO.
   void FailSyncsForTest(bool fail) { fail_syncs_for_test_.store(fail); }
+  // Test hook for every kFsync log of the process: while set, a syncer that
+  // has written records to sync waits before its fdatasync (so a test can
+  // look at what readers see of written but unsynced records).
+  static void PauseSyncsForTest(bool pause);
+  // Test hook: the next `n` fdatasyncs of a segment fail with EIO (as Linux
+  // reports a writeback error once per open file, to whichever call checks
+  // first).
+  void FailNextSyncsForTest(int n) { fail_next_syncs_for_test_.store(n); }
+  // Test hook: fdatasync calls made by the syncer (kFsync).
+  uint64_t syncs_for_test() const { return syncs_.load(); }
+  // Test hooks (kFsync): bytes written but not yet synced now, and the most
+  // there ever were.
+  uint64_t unsynced_bytes_for_test() const;
+  uint64_t max_unsynced_bytes_seen_for_test() const;
+  // Test hook: the log refuses appends (after an fdatasync or truncate
+  // failure).
+  bool refuses_appends_for_test() const;
 
   // What Open() recovered. Valid for the life of the log.
   const RecoveryInfo& recovery_info() const { return recovery_; }
@@ -282,7 +326,28 @@ class SegmentedLog {
     uint32_t count;       // 0: an error entry (status set) without records
     absl::Status status;  // pre-set error, OK otherwise
     AppendCallback done;
+    uint64_t bytes = 0;  // framed size of its records in pending_
   };
+  // What one written group adds to its segment once it is durable.
+  struct Extent {
+    std::shared_ptr<Segment> seg;  // null: nothing written
+    bool new_segment = false;  // seg was created for this group: publish it
+    uint64_t end = 0;          // seg's size after the group
+    uint64_t last_sequence = 0;
+    int64_t first_time_ns = 0;
+    int64_t last_time_ns = 0;
+    std::vector<IndexEntry> index;
+  };
+  // kFsync: a group handed from the flusher to the syncer.
+  struct WrittenGroup {
+    Extent extent;
+    uint64_t bytes = 0;
+    absl::Status status;  // not OK: the write failed; fail every batch
+    std::vector<PendingBatch> batches;
+    uint64_t id = 0;  // set by HandOff: 1, 2, ... in write order
+  };
+  struct TestPause;
+  static TestPause& Pause();
 
   explicit SegmentedLog(const LogOptions& options);
   // AppendAsync; when `time_ns_out` is set, stores the batch's publish time
@@ -291,6 +356,16 @@ class SegmentedLog {
                        AppendCallback done, int64_t* time_ns_out);
   absl::Status Recover();
   void FlusherLoop();
+  void SyncerLoop();
+  bool pipelined() const { return options_.durability == Durability::kFsync; }
+  // Makes `extent` visible to readers (under shared_->mu).
+  void CommitLocked(Extent& extent);
+  // Runs the callbacks of `batches`: each its own pre-set error, else
+  // `status` if not OK, else its first sequence.
+  static void Complete(std::vector<PendingBatch>& batches,
+                       const absl::Status& status);
+  // kFsync: hands `group` to the syncer.
+  void HandOff(WrittenGroup group);
   void ProcessGroup(std::string& buf, std::vector<PendingBatch>& batches);
   // Fails `batches` and everything still queued with `status`; rolls the
   // next sequence back to `first_sequence`.
@@ -298,9 +373,16 @@ class SegmentedLog {
                  uint64_t first_sequence);
   absl::Status Roll(uint64_t first_sequence);
   absl::Status SyncActive();
-  // fdatasync(2) of the active segment; 0 or an errno.
-  int SyncActiveFile();
+  // fdatasync(2) of `fd`, or EIO from a test hook; 0 or an errno.
+  int SyncFile(int fd);
   void Poison(const absl::Status& status);
+  // An fdatasync failed with `error` (INTERNAL): poisons the log and records
+  // that the groups handed off up to id `covered_through` fail with `error`
+  // (the later ones with failed_).
+  void PoisonSync(const absl::Status& error, uint64_t covered_through);
+  // kFsync: the flusher may take the first queued batch now (it fits under
+  // max_unsynced_bytes).
+  bool FlusherCanWriteLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const LogOptions options_;
   Clock* const clock_;
@@ -308,7 +390,12 @@ class SegmentedLog {
   int lock_fd_ = -1;
   RecoveryInfo recovery_;
 
-  absl::Mutex mu_;                            // appenders <-> flusher hand-off
+  // Serializes every "fdatasync + poison on failure" (the flusher's roll-over
+  // sync and the syncer's): Linux reports a writeback error of a file only
+  // to the first fdatasync that checks, so the second must see failed_.
+  // Acquired before mu_.
+  absl::Mutex sync_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  mutable absl::Mutex mu_;                    // appenders <-> flusher hand-off
   absl::CondVar work_cv_;                     // flusher waits for work
   absl::CondVar space_cv_;                    // appenders wait for queue space
   std::string pending_ ABSL_GUARDED_BY(mu_);  // framed records, in order
@@ -324,15 +411,46 @@ class SegmentedLog {
   bool closed_ ABSL_GUARDED_BY(close_mu_) = false;
   absl::Status close_status_ ABSL_GUARDED_BY(close_mu_);
 
+  // kFsync pipeline (guarded by mu_).
+  absl::CondVar sync_cv_;  // the syncer waits for written groups
+  std::vector<WrittenGroup> written_ ABSL_GUARDED_BY(mu_);
+  uint64_t unsynced_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // written, not synced
+  uint64_t max_unsynced_seen_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t handed_off_groups_ ABSL_GUARDED_BY(mu_) = 0;  // last id given
+  // The first failed fdatasync (INTERNAL) and the last group id it covered:
+  // those groups fail with it, later ones with failed_.
+  absl::Status sync_error_ ABSL_GUARDED_BY(mu_);
+  uint64_t sync_covered_through_ ABSL_GUARDED_BY(mu_) = 0;
+  bool flusher_waiting_ ABSL_GUARDED_BY(mu_) = false;
+  bool syncer_waiting_ ABSL_GUARDED_BY(mu_) = false;
+  bool syncing_ ABSL_GUARDED_BY(mu_) = false;       // an fdatasync runs
+  bool flusher_done_ ABSL_GUARDED_BY(mu_) = false;  // flusher has exited
+  absl::Status syncer_close_status_ ABSL_GUARDED_BY(mu_);
+  uint64_t eager_write_bytes_ = 0;  // wake the flusher during a sync past this
+
   std::atomic<bool> fail_syncs_for_test_{false};
+  std::atomic<int> fail_next_syncs_for_test_{0};
+  std::atomic<uint64_t> syncs_{0};
   std::thread flusher_;
   std::atomic<std::thread::id> flusher_id_{};
+  std::thread syncer_;
+  std::atomic<std::thread::id> syncer_id_{};
+  bool OnLogThread() const {
+    const std::thread::id me = std::this_thread::get_id();
+    return me == flusher_id_.load() || me == syncer_id_.load();
+  }
 
   // Flusher-thread state (also touched by Open before the thread starts).
   std::shared_ptr<Segment> active_;
   uint64_t active_size_ = 0;                   // bytes written to active_
   uint64_t active_last_index_offset_ = 0;      // offset of its last index entry
   bool dirty_ = false;                         // written but not synced
+  // The active segment as written (ahead of what readers see for kFsync).
+  uint64_t active_written_last_ = 0;
+  int64_t active_written_first_time_ns_ = 0;
+  int64_t active_written_last_time_ns_ = 0;
+  std::vector<IndexEntry> active_written_index_;
+  bool active_unpublished_ = false;  // kFsync: created, not yet published
   absl::Time next_sync_;                       // kInterval deadline when dirty_
   absl::Status flusher_close_status_;          // set by the flusher on exit
   std::vector<IndexEntry> new_index_entries_;  // scratch, reused per group

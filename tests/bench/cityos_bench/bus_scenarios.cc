@@ -2,7 +2,10 @@
 // replay from disk, and memory with a stalled subscriber. The NATS peers run
 // in the same scenario, right after ours, against the run's nats-server.
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -201,6 +204,7 @@ absl::StatusOr<Result> RunDurable(BenchContext& ctx, Durability mode,
   absl::Mutex mu;
   absl::Status first_error;
 
+  const double cpu0 = ProcessCpuSeconds();
   const int64_t start = NowNanos();
   const int64_t stop_at = start + absl::ToInt64Nanoseconds(o.max_time);
   std::vector<std::thread> threads;
@@ -237,6 +241,7 @@ absl::StatusOr<Result> RunDurable(BenchContext& ctx, Durability mode,
     });
   }
   for (std::thread& t : threads) t.join();
+  const double cpu = ProcessCpuSeconds() - cpu0;
   {
     absl::MutexLock lock(&mu);
     if (!first_error.ok()) return first_error;
@@ -253,6 +258,158 @@ absl::StatusOr<Result> RunDurable(BenchContext& ctx, Durability mode,
   r.extra["durability"] = DurabilityName(mode);
   r.extra["event_bytes"] = o.event_bytes;
   r.extra["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
+  // The whole process (publishers, the log's threads, the bus) over the run.
+  r.extra["cpu_us_per_event"] = Round(
+      cpu * 1e6 / static_cast<double>(std::max<uint64_t>(acked.load(), 1)), 3);
+  r.extra["cores_used"] =
+      Round(cpu * 1e9 / static_cast<double>(std::max<int64_t>(nanos, 1)), 2);
+  return r;
+}
+
+// ------------------------------------------------- durable append, open loop
+
+// Offered rate of bus.durable.fsync.p16.paced, events/s, unless the
+// environment variable CITYOS_BENCH_PACED_RATE names another (> 0).
+constexpr double kPacedRate = 1'000'000;
+// Batches one paced publisher may have in flight before it waits (a memory
+// bound only: the latency of a batch sent late still counts from its
+// scheduled time).
+constexpr size_t kPacedMaxInFlight = 256;
+
+double PacedRate(double default_rate) {
+  if (const char* env = std::getenv("CITYOS_BENCH_PACED_RATE")) {
+    char* end = nullptr;
+    const double v = std::strtod(env, &end);
+    if (end != env && *end == '\0' && v > 0) return v;
+    std::fprintf(stderr,
+                 "cityos-bench: ignoring CITYOS_BENCH_PACED_RATE=%s (wants a "
+                 "positive number of events/s)\n",
+                 env);
+  }
+  return default_rate;
+}
+
+// Sleeps until the steady clock reads `nanos` (NowNanos() time).
+void SleepUntilNanos(int64_t nanos) {
+  const int64_t now = NowNanos();
+  if (nanos <= now) return;
+  std::this_thread::sleep_for(std::chrono::nanoseconds(nanos - now));
+}
+
+// Open loop: `publishers` threads together offer `rate` events/s in batches
+// of ctx.options().batch, each publisher on its own fixed schedule (staggered
+// so the batches of all publishers are evenly spread). A batch's latency runs
+// from its SCHEDULED send time to its acknowledgement, so a publisher that
+// falls behind (CPU, back-pressure, its in-flight bound) counts the full delay
+// of every late batch (no coordinated omission).
+absl::StatusOr<Result> RunDurablePaced(BenchContext& ctx, Durability mode,
+                                       int publishers, double rate) {
+  const std::string subject = "bench.durable.reading.zone1";
+  absl::StatusOr<Event> event = ctx.SampleEvent(subject);
+  if (!event.ok()) return event.status();
+  const auto shared = std::make_shared<const Event>(*event);
+  absl::StatusOr<std::unique_ptr<ScopedBus>> scoped = ScopedBus::Open(
+      ctx, absl::StrCat("paced-", DurabilityName(mode)));
+  if (!scoped.ok()) return scoped.status();
+  Bus& bus = *(*scoped)->bus();
+  absl::StatusOr<StreamInfo> stream = bus.CreateStream(
+      BenchPrincipal(),
+      {.name = "bench", .subjects = {"bench.durable.>"}, .durability = mode});
+  if (!stream.ok()) return stream.status();
+
+  const BenchOptions& o = ctx.options();
+  const size_t batch = o.batch;
+  // Each publisher sends one batch every `interval` ns.
+  const double interval_ns =
+      1e9 * static_cast<double>(batch) * publishers / rate;
+  const double run_ns = static_cast<double>(absl::ToInt64Nanoseconds(o.max_time));
+  // Batches per publisher: the run's time, or its share of --events.
+  const uint64_t by_time = static_cast<uint64_t>(run_ns / interval_ns);
+  const uint64_t by_events = std::max<uint64_t>(
+      1, o.events / (static_cast<uint64_t>(publishers) * batch));
+  const uint64_t batches = std::max<uint64_t>(1, std::min(by_time, by_events));
+  LatencySamples latency(batches * publishers);
+  LatencySamples send_lag(batches * publishers);
+  std::atomic<uint64_t> acked{0};
+  std::atomic<int64_t> last_ack{0};
+  absl::Mutex mu;
+  absl::Status first_error;
+
+  const double cpu0 = ProcessCpuSeconds();
+  const int64_t start = NowNanos() + 2'000'000;  // every thread started
+  std::vector<std::thread> threads;
+  for (int p = 0; p < publishers; ++p) {
+    threads.emplace_back([&, p] {
+      Window window(kPacedMaxInFlight);
+      const double phase = interval_ns * p / publishers;
+      for (uint64_t k = 0; k < batches; ++k) {
+        const int64_t scheduled =
+            start + static_cast<int64_t>(phase + interval_ns * k);
+        SleepUntilNanos(scheduled);
+        window.Acquire();
+        send_lag.Add(NowNanos() - scheduled);
+        bus.PublishSharedAsync(
+            BenchPrincipal(), SharedBatch(shared, batch),
+            [&, scheduled](absl::StatusOr<std::vector<PublishResult>> r) {
+              const int64_t now = NowNanos();
+              if (r.ok()) {
+                // Every event of the batch waited this long.
+                latency.Add(now - scheduled);
+                acked += batch;
+                int64_t prev = last_ack.load();
+                while (prev < now &&
+                       !last_ack.compare_exchange_weak(prev, now)) {
+                }
+              } else {
+                absl::MutexLock lock(&mu);
+                if (first_error.ok()) first_error = r.status();
+              }
+              window.Release();
+            });
+      }
+      WaitIdleOrDie(window, "paced publisher");
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  const double cpu = ProcessCpuSeconds() - cpu0;
+  {
+    absl::MutexLock lock(&mu);
+    if (!first_error.ok()) return first_error;
+  }
+  latency.Finish();
+  send_lag.Finish();
+  const uint64_t offered_events = batches * batch * publishers;
+  // The schedule spans (batches - 1) intervals plus the last publisher's
+  // phase; the achieved rate runs to the last acknowledgement.
+  const int64_t nanos = last_ack.load() - start;
+  const double achieved = Rate(acked.load(), nanos);
+  Result r;
+  r.value = Round(achieved, 0);
+  r.extra["load"] =
+      "open loop: each publisher sends on a fixed schedule whatever the "
+      "acknowledgements do; latency from each batch's scheduled send time to "
+      "its acknowledgement";
+  r.extra["offered_per_s"] = Round(rate, 0);
+  r.extra["achieved_per_s"] = Round(achieved, 0);
+  // Short of the offered rate (beyond 1 %), or events not all acknowledged:
+  // the bus did not keep up and the latencies are those of a growing queue.
+  r.extra["kept_up"] =
+      acked.load() == offered_events && achieved >= 0.99 * rate;
+  latency.AddTo(r.extra);
+  send_lag.AddTo(r.extra, "send_lag_");
+  r.extra["events"] = acked.load();
+  r.extra["offered_events"] = offered_events;
+  r.extra["publishers"] = publishers;
+  r.extra["batch"] = batch;
+  r.extra["publisher_interval_us"] = Round(interval_ns / 1e3, 1);
+  r.extra["max_in_flight_per_publisher"] = kPacedMaxInFlight;
+  r.extra["durability"] = DurabilityName(mode);
+  r.extra["event_bytes"] = o.event_bytes;
+  r.extra["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
+  r.extra["cpu_us_per_event"] = Round(
+      cpu * 1e6 / static_cast<double>(std::max<uint64_t>(acked.load(), 1)), 3);
+  r.extra["cores_used"] =
+      Round(cpu * 1e9 / static_cast<double>(std::max<int64_t>(nanos, 1)), 2);
   return r;
 }
 
@@ -505,6 +662,30 @@ absl::Status RegisterBusScenarios(ScenarioRegistry& registry) {
            }});
       if (!s.ok()) return s;
     }
+  }
+  {
+    const double rate = PacedRate(kPacedRate);
+    s = registry.Add(
+        {.name = "bus.durable.fsync.p16.paced",
+         .unit = "events/s",
+         .description = absl::StrCat(
+             "open loop: 16 publishers offering ", rate,
+             " events/s in total (env CITYOS_BENCH_PACED_RATE), durability "
+             "fsync; ack latency from each batch's scheduled send time"),
+         .run = [rate](BenchContext& ctx) {
+           return RunDurablePaced(ctx, Durability::kFsync, 16, rate);
+         }});
+    if (!s.ok()) return s;
+    s = registry.Add(
+        {.name = "bus.durable.fsync.p16.paced.500k",
+         .unit = "events/s",
+         .description =
+             "as bus.durable.fsync.p16.paced at 500,000 events/s (issue 3's "
+             "throughput target)",
+         .run = [](BenchContext& ctx) {
+           return RunDurablePaced(ctx, Durability::kFsync, 16, 500'000);
+         }});
+    if (!s.ok()) return s;
   }
   s = registry.Add({.name = "bus.replay.disk",
                     .unit = "events/s",
