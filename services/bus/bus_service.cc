@@ -10,10 +10,12 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "google/protobuf/arena.h"
 #include "bus_convert.h"
 #include "cityos/grpc_util.h"
+#include "cityos/wire.h"
 
 namespace cityos {
 namespace {
@@ -132,14 +134,132 @@ class PublishPipeline {
   bool write_failed_ ABSL_GUARDED_BY(mu_) = false;
 };
 
+// Arena blocks. An arena's first block is sized from the events that go on
+// it (FirstBlockBytes) and is at most kArenaBlock, below malloc's mmap
+// threshold; further blocks (when the estimate falls short) are at most
+// kArenaBlock too. So an arena holding one ~300-byte event is about 1 KiB,
+// not kArenaBlock: the memory an event keeps alive is proportional to the
+// events that share its arena.
+constexpr size_t kArenaBlock = 2 * ArenaPublishRequest::kChunkBytes;
+
 }  // namespace
 
-// Subscribe's index among BusService's methods (the order of bus.proto; the generated
-// WithSplitStreamingMethod_Subscribe uses the same).
+size_t ArenaPublishRequest::FirstBlockBytes(size_t event_bytes, size_t event_count) {
+  return std::min(kArenaBlock, event_bytes / 2 + kArenaBytesPerEvent * event_count +
+                                   kArenaOverheadBytes);
+}
+
+bool ArenaPublishRequest::Parse(std::string_view bytes) {
+  events.clear();
+  error.clear();
+  // First the events' bytes (unknown fields skipped), so that each arena's
+  // first block can be sized from the events that go on it.
+  std::vector<std::string_view> values;
+  wire::Reader in(bytes);
+  while (!in.done()) {
+    const size_t offset = static_cast<size_t>(in.position() - bytes.data());
+    uint32_t field = 0, wire_type = 0;
+    if (!in.ReadTag(&field, &wire_type)) {
+      error = absl::StrCat("the request is not a valid cityos.bus.v1.PublishRequest: bad tag at byte ",
+                           offset);
+      return false;
+    }
+    if (field != 1 || wire_type != wire::kLengthDelimited) {
+      // Unknown to PublishRequest (as protobuf parses: skipped).
+      if (!in.SkipField(field, wire_type)) {
+        error = absl::StrCat(
+            "the request is not a valid cityos.bus.v1.PublishRequest: malformed field ", field,
+            " at byte ", offset);
+        return false;
+      }
+      continue;
+    }
+    std::string_view value;
+    if (!in.ReadLengthDelimited(&value)) {
+      error = absl::StrCat("the request is not a valid cityos.bus.v1.PublishRequest: events[",
+                           values.size(), "] at byte ", offset, " is cut short");
+      return false;
+    }
+    values.push_back(value);
+  }
+  events.reserve(values.size());
+  size_t next = 0;
+  while (next < values.size()) {
+    // Consecutive events up to kChunkBytes (an event larger than that alone).
+    size_t end = next + 1;
+    size_t chunk_bytes = values[next].size();
+    while (end < values.size() && chunk_bytes + values[end].size() <= kChunkBytes) {
+      chunk_bytes += values[end++].size();
+    }
+    google::protobuf::ArenaOptions options;
+    options.start_block_size = FirstBlockBytes(chunk_bytes, end - next);
+    options.max_block_size = kArenaBlock;
+    auto arena = std::make_shared<google::protobuf::Arena>(options);
+    for (; next < end; ++next) {
+      const std::string_view value = values[next];
+      auto* e = google::protobuf::Arena::CreateMessage<event::v1::Event>(arena.get());
+      if (!e->ParseFromArray(value.data(), static_cast<int>(value.size()))) {
+        events.clear();
+        error = absl::StrCat("events[", next,
+                             "]: not a valid cityos.event.v1.Event (malformed bytes or a string "
+                             "that is not UTF-8)");
+        return false;
+      }
+      events.emplace_back(arena, e);
+    }
+  }
+  return true;
+}
+
+bool ArenaPublishRequest::Parse(grpc::ByteBuffer* bytes) {
+  std::vector<grpc::Slice> slices;
+  if (!bytes->Dump(&slices).ok()) {
+    events.clear();
+    error = "the request's bytes could not be read";
+    return false;
+  }
+  bool ok;
+  if (slices.size() == 1) {
+    ok = Parse(std::string_view(reinterpret_cast<const char*>(slices[0].begin()),
+                                slices[0].size()));
+  } else {
+    std::string joined;
+    joined.reserve(bytes->Length());
+    for (const grpc::Slice& s : slices) {
+      joined.append(reinterpret_cast<const char*>(s.begin()), s.size());
+    }
+    ok = Parse(joined);
+  }
+  bytes->Clear();
+  return ok;
+}
+
+std::string ArenaPublishRequest::Serialize() const {
+  std::string out;
+  for (const auto& e : events) {
+    wire::AppendLengthDelimitedHeader(1, e->ByteSizeLong(), &out);
+    e->AppendToString(&out);
+  }
+  return out;
+}
+
+// Publish's, PublishStream's and Subscribe's indexes among BusService's methods (the
+// order of bus.proto; the generated WithStreamedUnaryMethod_Publish and
+// WithSplitStreamingMethod_Subscribe use the same).
+constexpr int kPublishMethodIndex = 0;
 constexpr int kSubscribeMethodIndex = 2;
 
 BusServiceImpl::BusServiceImpl(Bus* bus, PrincipalResolver resolver, BusServiceOptions options)
     : bus_(bus), resolver_(std::move(resolver)), options_(options) {
+  // Publish reads its request as an ArenaPublishRequest and writes one
+  // PublishResponse: a streamed-unary handler, on the wire the generated unary
+  // method.
+  MarkMethodStreamed(
+      kPublishMethodIndex,
+      new grpc::internal::StreamedUnaryHandler<ArenaPublishRequest, bus::v1::PublishResponse>(
+          [this](grpc::ServerContext* context,
+                 grpc::ServerUnaryStreamer<ArenaPublishRequest, bus::v1::PublishResponse>*
+                     stream) { return PublishOnArena(context, stream); }));
   // Subscribe writes WireSubscribeResponse (stored events forwarded as stored). A
   // split-streaming handler reads the one request itself, then writes any number of
   // responses: on the wire the same as the generated server-streaming handler.
@@ -163,6 +283,44 @@ grpc::Status BusServiceImpl::Publish(grpc::ServerContext* context,
   if (!results.ok()) return ToGrpcStatus(results.status());
   response->mutable_results()->Reserve(static_cast<int>(results->size()));
   for (const PublishResult& r : *results) PublishResultToProto(r, response->add_results());
+  return grpc::Status::OK;
+}
+
+grpc::Status BusServiceImpl::PublishOnArena(
+    grpc::ServerContext* context,
+    grpc::ServerUnaryStreamer<ArenaPublishRequest, bus::v1::PublishResponse>* stream) {
+  ArenaPublishRequest request;
+  if (!stream->Read(&request)) {
+    return Invalid(request.error.empty() ? "Publish: the call carried no PublishRequest"
+                                         : absl::StrCat("Publish: ", request.error));
+  }
+  absl::StatusOr<Principal> who = resolver_(context);
+  if (!who.ok()) return ToGrpcStatus(who.status());
+  if (request.events.empty()) return Invalid("events: at least one event is required");
+  // The publisher is the caller, whatever the client sent (as Bus::Publish
+  // stamps it); shared events must carry it before they are handed over.
+  const std::string publisher = who->SpiffeId();
+  std::vector<std::shared_ptr<const event::v1::Event>> shared;
+  shared.reserve(request.events.size());
+  for (std::shared_ptr<event::v1::Event>& e : request.events) {
+    e->set_publisher(publisher);
+    shared.push_back(std::move(e));
+  }
+  request.events.clear();
+  absl::StatusOr<std::vector<PublishResult>> results =
+      bus_->PublishShared(*who, std::move(shared));
+  if (!results.ok()) return ToGrpcStatus(results.status());
+  google::protobuf::ArenaOptions options;
+  options.start_block_size = 16 << 10;
+  options.max_block_size = 64 << 10;
+  google::protobuf::Arena arena(options);
+  auto* response = google::protobuf::Arena::CreateMessage<bus::v1::PublishResponse>(&arena);
+  response->mutable_results()->Reserve(static_cast<int>(results->size()));
+  for (const PublishResult& r : *results) PublishResultToProto(r, response->add_results());
+  // Write serializes the response before it returns.
+  if (!stream->Write(*response)) {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled");
+  }
   return grpc::Status::OK;
 }
 
@@ -357,3 +515,23 @@ grpc::Status BusServiceImpl::DeleteConsumer(grpc::ServerContext* context,
 }
 
 }  // namespace cityos
+
+namespace grpc {
+
+Status SerializationTraits<cityos::ArenaPublishRequest>::Serialize(
+    const cityos::ArenaPublishRequest& msg, ByteBuffer* bb, bool* own_buffer) {
+  const std::string bytes = msg.Serialize();
+  Slice slice(bytes);
+  ByteBuffer tmp(&slice, 1);
+  bb->Swap(&tmp);
+  *own_buffer = true;
+  return Status::OK;
+}
+
+Status SerializationTraits<cityos::ArenaPublishRequest>::Deserialize(
+    ByteBuffer* bb, cityos::ArenaPublishRequest* msg) {
+  if (!msg->Parse(bb)) return Status(StatusCode::INVALID_ARGUMENT, msg->error);
+  return Status::OK;
+}
+
+}  // namespace grpc

@@ -301,7 +301,18 @@ class LedgerStore {
   sqlite3_stmt* insert_one_ ABSL_GUARDED_BY(db_mu_) = nullptr;
   sqlite3_stmt* insert_many_ ABSL_GUARDED_BY(db_mu_) = nullptr;
   sqlite3_stmt* insert_many_plain_ ABSL_GUARDED_BY(db_mu_) = nullptr;
-  // Writer scratch: the records of a transaction in key order.
+  // Writer scratch: the records of a transaction in key order, sorted as
+  // contiguous keys (no pointer chasing per comparison).
+  struct SortKey {
+    uint32_t enterprise;
+    int64_t start_ns;
+    int64_t id;
+    const RecordRow* row;
+  };
+  std::vector<SortKey> sort_keys_ ABSL_GUARDED_BY(db_mu_);
+  std::vector<size_t> sort_runs_ ABSL_GUARDED_BY(db_mu_);
+  // Sorts `keys` into primary-key order.
+  void SortRecordKeys(std::vector<SortKey>* keys) ABSL_EXCLUSIVE_LOCKS_REQUIRED(db_mu_);
   std::vector<const RecordRow*> sorted_ ABSL_GUARDED_BY(db_mu_);
 
   absl::Mutex q_mu_;

@@ -345,6 +345,44 @@ absl::Status LedgerStore::WriteNow(
   return s;
 }
 
+void LedgerStore::SortRecordKeys(std::vector<SortKey>* keys) {
+  auto less = [](const SortKey& x, const SortKey& y) {
+    if (x.enterprise != y.enterprise) return x.enterprise < y.enterprise;
+    if (x.start_ns != y.start_ns) return x.start_ns < y.start_ns;
+    return x.id < y.id;
+  };
+  // A transaction's records mostly come as a few ascending runs (each batch
+  // in reading order; a new interval or a new batch starts a run). Merge the
+  // runs pairwise (O(n log runs), sequential); many runs: a plain sort
+  // (std::sort fell back to heapsort on such input, pointer-chasing).
+  std::vector<size_t>& runs = sort_runs_;
+  runs.clear();
+  runs.push_back(0);
+  const size_t n = keys->size();
+  for (size_t i = 1; i < n; ++i) {
+    if (less((*keys)[i], (*keys)[i - 1])) runs.push_back(i);
+  }
+  runs.push_back(n);
+  constexpr size_t kMaxRuns = 64;
+  if (runs.size() - 1 > kMaxRuns) {
+    std::sort(keys->begin(), keys->end(), less);
+    return;
+  }
+  auto at = [keys](size_t i) { return keys->begin() + static_cast<std::ptrdiff_t>(i); };
+  std::vector<size_t> next;
+  while (runs.size() > 2) {  // more than one run
+    next.clear();
+    next.push_back(0);
+    size_t j = 0;
+    for (; j + 2 < runs.size(); j += 2) {
+      std::inplace_merge(at(runs[j]), at(runs[j + 1]), at(runs[j + 2]), less);
+      next.push_back(runs[j + 2]);
+    }
+    if (j + 1 < runs.size() && next.back() != runs.back()) next.push_back(runs.back());
+    runs.swap(next);
+  }
+}
+
 absl::Status LedgerStore::WriteLocked(
     const std::vector<const WriteBatch*>& batches) {
   auto fail = [this](std::string_view what, const Stmt& st) {
@@ -352,6 +390,7 @@ absl::Status LedgerStore::WriteLocked(
         absl::StrCat(path_, ": ", AV(what), ": ", st.Error()));
   };
   sorted_.clear();
+  sort_keys_.clear();
   for (const WriteBatch* b : batches) {
     if (!b->refs.empty()) {
       Stmt st(db_, "INSERT OR REPLACE INTO factor_refs(idx, ref) VALUES(?,?)");
@@ -362,17 +401,16 @@ absl::Status LedgerStore::WriteLocked(
         if (!st.Done()) return fail("insert factor_ref", st);
       }
     }
-    for (const RecordRow& r : b->records) sorted_.push_back(&r);
+    for (const RecordRow& r : b->records) {
+      sort_keys_.push_back(SortKey{r.enterprise, r.start_ns, r.id, &r});
+    }
   }
   // Primary-key order (enterprise, start_ns, id): consecutive inserts land
   // on the same B-tree pages.
-  std::sort(sorted_.begin(), sorted_.end(),
-            [](const RecordRow* x, const RecordRow* y) {
-              if (x->enterprise != y->enterprise)
-                return x->enterprise < y->enterprise;
-              if (x->start_ns != y->start_ns) return x->start_ns < y->start_ns;
-              return x->id < y->id;
-            });
+  SortRecordKeys(&sort_keys_);
+  sorted_.reserve(sort_keys_.size());
+  for (const SortKey& k : sort_keys_) sorted_.push_back(k.row);
+  sort_keys_.clear();
   if (!sorted_.empty()) {
     std::string error;
     size_t i = 0;

@@ -5,11 +5,13 @@
 #include "bus_service.h"
 
 #include <gmock/gmock.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -17,11 +19,14 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
+#include "google/protobuf/util/message_differencer.h"
 #include "absl/time/clock.h"
 #include "cityos/bus.h"
 #include "cityos/bus/v1/bus.grpc.pb.h"
 #include "cityos/event.h"
 #include "cityos/principal.h"
+#include "cityos/wire.h"
 #include "testutil.h"
 
 namespace cityos {
@@ -367,6 +372,284 @@ TEST_F(BusServiceTest, ThePublisherIsTheCallerWhateverTheClientSends) {
   ASSERT_TRUE(Publish({e}).ok());
   ASSERT_TRUE(sub.WaitFor(1));
   EXPECT_EQ(sub.deliveries()[0].event().publisher(), caller_.SpiffeId());
+}
+
+// --- Publish parses its request on an arena and publishes the events shared ---
+
+// An in-process live subscriber holds the published events (shared, aliasing the
+// request's arena) after the RPC, its handler and its request are gone: they
+// still read back exactly as sent, publisher stamped. Many events and large
+// data make the arena take several blocks.
+TEST_F(BusServiceTest, PublishedEventsOutliveTheRequestAndReadBackExactly) {
+  ASSERT_TRUE(CreateStream("carbon", {"carbon.>"}).ok());
+  auto sub = bus_->Subscribe(caller_, {.subject_pattern = "carbon.>", .queue_depth = 4096});
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  std::vector<event::v1::Event> sent;
+  for (int i = 0; i < 600; ++i) {
+    sent.push_back(MakeEvent("carbon.meter.reading",
+                             std::string(static_cast<size_t>(1 + (i * 37) % 9000), 'a' + i % 26)));
+    sent.back().set_publisher(i % 2 ? "spiffe://evil/org/x/svc/y" : "");
+  }
+  auto r = Publish(sent);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->results_size(), 600);
+  for (int i = 0; i < 600; ++i) {
+    EXPECT_EQ(r->results(i).stream(), "carbon");
+    EXPECT_EQ(r->results(i).sequence(), static_cast<uint64_t>(i + 1));
+  }
+  // A second request while the first one's events are still held.
+  ASSERT_TRUE(Publish({MakeEvent("carbon.other")}).ok());
+  std::vector<Delivery> got;
+  const absl::Time deadline = absl::Now() + kWait;
+  while (got.size() < 601 && absl::Now() < deadline) {
+    std::vector<Delivery> more;
+    uint64_t missed = 0;
+    ASSERT_TRUE((*sub)->Next(601 - got.size(), absl::Milliseconds(100), &more, &missed).ok());
+    EXPECT_EQ(missed, 0u);
+    for (Delivery& d : more) got.push_back(std::move(d));
+  }
+  ASSERT_EQ(got.size(), 601u);
+  for (int i = 0; i < 600; ++i) {
+    event::v1::Event want = sent[static_cast<size_t>(i)];
+    want.set_publisher(caller_.SpiffeId());
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(got[i].message->event(), want))
+        << "event " << i << ": " << got[i].message->event().ShortDebugString();
+    EXPECT_EQ(got[i].message->sequence, static_cast<uint64_t>(i + 1));
+  }
+  EXPECT_EQ(got[600].message->event().subject(), "carbon.other");
+  // Also as stored: a replay from the log.
+  Subscriber replay(stub_.get(), [] {
+    SubscribeRequest q;
+    q.set_stream("carbon");
+    q.mutable_start()->set_kind(bus::v1::StartPosition::KIND_EARLIEST);
+    q.set_max_batch(4096);
+    return q;
+  }());
+  ASSERT_TRUE(replay.WaitFor(601));
+  auto stored = replay.deliveries();
+  for (int i = 0; i < 600; ++i) {
+    event::v1::Event want = sent[static_cast<size_t>(i)];
+    want.set_publisher(caller_.SpiffeId());
+    EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(stored[i].event(), want))
+        << "stored event " << i;
+  }
+}
+
+// Bytes that are not a PublishRequest are refused with INVALID_ARGUMENT naming
+// the request type; nothing is stored.
+TEST_F(BusServiceTest, AMalformedPublishRequestIsInvalidArgument) {
+  ASSERT_TRUE(CreateStream("carbon", {"carbon.>"}).ok());
+  grpc::GenericStub generic(channel_);
+  // Field 1 (events), length-delimited, claiming 100 bytes where there are 3.
+  const std::string garbage("\x0a\x64\x01\x02\x03", 5);
+  grpc::Slice slice(garbage.data(), garbage.size());
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + kWait));
+  absl::Notification done;
+  grpc::Status status;
+  generic.UnaryCall(&ctx, "/cityos.bus.v1.BusService/Publish", grpc::StubOptions(), &request,
+                    &response, [&](grpc::Status s) {
+                      status = std::move(s);
+                      done.Notify();
+                    });
+  done.WaitForNotification();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("cityos.bus.v1.PublishRequest"));
+  bus::v1::GetStreamRequest get;
+  get.set_name("carbon");
+  bus::v1::GetStreamResponse resp;
+  grpc::ClientContext ctx2;
+  ASSERT_TRUE(stub_->GetStream(&ctx2, get, &resp).ok());
+  EXPECT_EQ(resp.stream().state().last_sequence(), 0u);
+}
+
+// ArenaPublishRequest on its own agrees with protobuf's parse of a
+// PublishRequest: the same events, unknown fields skipped (also a field 1
+// that is not length-delimited), every prefix of a valid request accepted or
+// refused alike; refusals say why.
+std::vector<event::v1::Event> ParsedEvents(const ArenaPublishRequest& r) {
+  std::vector<event::v1::Event> out;
+  for (const auto& e : r.events) out.push_back(*e);
+  return out;
+}
+
+bool SameEvents(const std::vector<event::v1::Event>& a,
+                const google::protobuf::RepeatedPtrField<event::v1::Event>& b) {
+  if (a.size() != static_cast<size_t>(b.size())) return false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!google::protobuf::util::MessageDifferencer::Equals(a[i], b[static_cast<int>(i)]))
+      return false;
+  }
+  return true;
+}
+
+TEST(ArenaPublishRequestTest, ParsesAsProtobufDoes) {
+  bus::v1::PublishRequest heap;
+  for (int i = 0; i < 3; ++i) *heap.add_events() = MakeEvent("carbon.a", std::string(100 + i, 'z'));
+  std::string bytes = heap.SerializeAsString();
+  // Unknown fields around the events: a varint 7, a fixed32 9, field 1 as a
+  // varint (wrong wire type: unknown to protobuf too).
+  std::string unknown;
+  wire::AppendVarintField(7, 42, &unknown);
+  unknown.push_back(static_cast<char>(wire::MakeTag(9, wire::kFixed32)));
+  unknown.append("abcd");
+  wire::AppendVarintField(1, 5, &unknown);
+  const std::string with_unknown = unknown + bytes + unknown;
+  for (const std::string& input : {bytes, with_unknown}) {
+    ArenaPublishRequest parsed;
+    ASSERT_TRUE(parsed.Parse(input)) << parsed.error;
+    EXPECT_TRUE(parsed.error.empty());
+    bus::v1::PublishRequest want;
+    ASSERT_TRUE(want.ParseFromString(input));
+    EXPECT_TRUE(SameEvents(ParsedEvents(parsed), want.events()));
+  }
+  // Through a gRPC ByteBuffer of several slices.
+  std::vector<grpc::Slice> slices = {grpc::Slice(bytes.substr(0, 10)),
+                                     grpc::Slice(bytes.substr(10, 200)),
+                                     grpc::Slice(bytes.substr(210))};
+  grpc::ByteBuffer buffer(slices.data(), slices.size());
+  ArenaPublishRequest from_buffer;
+  ASSERT_TRUE(from_buffer.Parse(&buffer)) << from_buffer.error;
+  EXPECT_TRUE(SameEvents(ParsedEvents(from_buffer), heap.events()));
+  // Serialize gives the events back as a PublishRequest.
+  bus::v1::PublishRequest again;
+  ASSERT_TRUE(again.ParseFromString(from_buffer.Serialize()));
+  EXPECT_TRUE(SameEvents(ParsedEvents(from_buffer), again.events()));
+  // Every prefix: accepted exactly when protobuf accepts it, with its events.
+  for (size_t n = 0; n < with_unknown.size(); ++n) {
+    const std::string prefix = with_unknown.substr(0, n);
+    bus::v1::PublishRequest want;
+    const bool want_ok = want.ParseFromString(prefix);
+    ArenaPublishRequest got;
+    const bool got_ok = got.Parse(prefix);
+    ASSERT_EQ(got_ok, want_ok) << "prefix of " << n << " bytes: " << got.error;
+    if (got_ok) {
+      EXPECT_TRUE(SameEvents(ParsedEvents(got), want.events())) << n;
+    } else {
+      EXPECT_THAT(got.error, ::testing::AnyOf(HasSubstr("not a valid cityos.bus.v1.PublishRequest"),
+                                              HasSubstr("not a valid cityos.event.v1.Event")))
+          << n;
+    }
+  }
+  // A bad event is named by its index.
+  std::string bad = bytes;
+  wire::AppendLengthDelimitedHeader(1, 2, &bad);
+  bad.append("\x0a\x05", 2);  // event field 1 claiming 5 bytes, none there
+  ArenaPublishRequest refused;
+  EXPECT_FALSE(refused.Parse(bad));
+  EXPECT_THAT(refused.error, HasSubstr("events[3]: not a valid cityos.event.v1.Event"));
+}
+
+// Events share arenas of at most kChunkBytes of serialized events (one
+// larger event gets an arena alone): an event kept alive keeps at most that
+// much of its request.
+TEST(ArenaPublishRequestTest, EventsShareArenasOfBoundedSize) {
+  bus::v1::PublishRequest heap;
+  for (int i = 0; i < 400; ++i) *heap.add_events() = MakeEvent("carbon.a", std::string(300, 'y'));
+  *heap.add_events() = MakeEvent("carbon.big", std::string(ArenaPublishRequest::kChunkBytes + 10, 'b'));
+  *heap.add_events() = MakeEvent("carbon.a", "after");
+  ArenaPublishRequest parsed;
+  ASSERT_TRUE(parsed.Parse(heap.SerializeAsString())) << parsed.error;
+  ASSERT_EQ(parsed.events.size(), 402u);
+  std::map<const google::protobuf::Arena*, size_t> bytes_per_arena;
+  for (const auto& e : parsed.events) {
+    ASSERT_NE(e->GetArena(), nullptr);
+    bytes_per_arena[e->GetArena()] += e->ByteSizeLong();
+  }
+  EXPECT_GT(bytes_per_arena.size(), 3u);
+  for (const auto& [arena, bytes] : bytes_per_arena) {
+    if (arena == parsed.events[400]->GetArena()) {
+      EXPECT_EQ(bytes, parsed.events[400]->ByteSizeLong());  // the large one alone
+    } else {
+      EXPECT_LE(bytes, ArenaPublishRequest::kChunkBytes);
+    }
+  }
+  // Consecutive events share: order kept, arenas change only forward.
+  EXPECT_EQ(parsed.events[0]->GetArena(), parsed.events[1]->GetArena());
+  EXPECT_NE(parsed.events[401]->GetArena(), parsed.events[400]->GetArena());
+  EXPECT_TRUE(SameEvents(ParsedEvents(parsed), heap.events()));
+  // An event outlives the request and its arena-mates.
+  std::shared_ptr<const event::v1::Event> kept = parsed.events[5];
+  parsed = ArenaPublishRequest();
+  EXPECT_EQ(kept->subject(), "carbon.a");
+  EXPECT_EQ(kept->text_data(), std::string(300, 'y'));
+}
+
+// The memory an event keeps alive is its arena: sized from the events on it,
+// so a request of one small event pins about its size, not a 64 KiB block.
+// (Measured as the arena's SpaceAllocated: deterministic, no RSS.)
+TEST(ArenaPublishRequestTest, ArenasAreSizedFromTheirEvents) {
+  for (size_t text : {10, 300, 2000, 20000}) {
+    bus::v1::PublishRequest one;
+    *one.add_events() = MakeEvent("carbon.sensor.t", std::string(text, 't'));
+    ArenaPublishRequest parsed;
+    ASSERT_TRUE(parsed.Parse(one.SerializeAsString())) << parsed.error;
+    ASSERT_EQ(parsed.events.size(), 1u);
+    const google::protobuf::Arena* arena = parsed.events[0]->GetArena();
+    ASSERT_NE(arena, nullptr);
+    const size_t event_bytes = parsed.events[0]->ByteSizeLong();
+    // The first block holds it (no second block), and is small.
+    EXPECT_EQ(arena->SpaceAllocated(), ArenaPublishRequest::FirstBlockBytes(event_bytes, 1))
+        << "an event of " << event_bytes << " bytes";
+    EXPECT_LE(arena->SpaceAllocated(), 4 * event_bytes + 1024)
+        << "an event of " << event_bytes << " bytes";
+  }
+  // A full chunk of small events: one arena, its first block large enough
+  // (no second block).
+  bus::v1::PublishRequest many;
+  for (int i = 0; i < 60; ++i) *many.add_events() = MakeEvent("carbon.a", std::string(300, 'y'));
+  ArenaPublishRequest parsed;
+  ASSERT_TRUE(parsed.Parse(many.SerializeAsString())) << parsed.error;
+  const google::protobuf::Arena* arena = parsed.events[0]->GetArena();
+  size_t event_bytes = 0;
+  for (const auto& e : parsed.events) {
+    ASSERT_EQ(e->GetArena(), arena);
+    event_bytes += e->ByteSizeLong();
+  }
+  EXPECT_EQ(arena->SpaceAllocated(), ArenaPublishRequest::FirstBlockBytes(event_bytes, 60));
+  EXPECT_LE(arena->SpaceAllocated(), 4 * event_bytes);
+}
+
+// The reviewer's scenario through the real service: sensors publish one small
+// event per Publish while a live subscriber holds every event. What the held
+// events keep alive (their arenas) stays a small multiple of their size.
+TEST_F(BusServiceTest, HeldEventsOfSmallPublishesPinLittleMemory) {
+  constexpr size_t kEvents = 200;
+  SubscribeOptions live;
+  live.subject_pattern = "carbon.sensor.>";
+  live.queue_depth = kEvents;
+  auto sub = bus_->Subscribe(caller_, live);
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  for (size_t i = 0; i < kEvents; ++i) {
+    auto r = Publish({MakeEvent("carbon.sensor.t", std::string(250, 'a' + i % 26))});
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  std::vector<Delivery> held;
+  uint64_t missed = 0;
+  while (held.size() < kEvents) {
+    const size_t before = held.size();
+    ASSERT_TRUE((*sub)->Next(kEvents, kWait, &held, &missed).ok());
+    ASSERT_GT(held.size(), before) << "no delivery within " << kWait;
+  }
+  ASSERT_EQ(held.size(), kEvents);
+  EXPECT_EQ(missed, 0u);
+  std::set<const google::protobuf::Arena*> arenas;
+  size_t event_bytes = 0;
+  for (const Delivery& d : held) {
+    const event::v1::Event& e = d.message->event();
+    EXPECT_EQ(e.publisher(), caller_.SpiffeId());
+    ASSERT_NE(e.GetArena(), nullptr);  // published shared, on its request's arena
+    arenas.insert(e.GetArena());
+    event_bytes += e.ByteSizeLong();
+  }
+  EXPECT_EQ(arenas.size(), kEvents);  // one request, one arena
+  size_t pinned = 0;
+  for (const google::protobuf::Arena* a : arenas) pinned += a->SpaceAllocated();
+  EXPECT_LE(pinned, 4 * event_bytes)
+      << pinned / kEvents << " arena bytes per held event of " << event_bytes / kEvents
+      << " bytes";
 }
 
 // --- PublishStream ---
