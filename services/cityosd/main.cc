@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "builtin_plugins.h"
 #include "cityos/bus_backend.h"
 #include "cityos/config.h"
@@ -30,6 +31,8 @@ int Fail(int code, const absl::Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // No absl::Mutex deadlock detection in production (docs/operations.md).
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   // Block the stop signals in every thread (gRPC's and the plug-ins' inherit
   // the mask); the main thread takes them with sigwait.
   sigset_t stop_signals;

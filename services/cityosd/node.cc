@@ -230,7 +230,7 @@ class NodeImpl final : public Node, private PluginContext {
   }
   Clock* clock() override { return clock_; }
   Bus* bus() override { return bus_.get(); }
-  absl::StatusOr<Principal> Authenticate(const grpc::ServerContext& call) override {
+  absl::StatusOr<Principal> Authenticate(const grpc::ServerContextBase& call) override {
     if (config_.security == TransportSecurity::kInsecure) {
       // Plaintext: no caller identity exists; every call acts as the node.
       return Principal::Node(config_.trust_domain, info_.name);

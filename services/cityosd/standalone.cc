@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "cityos/config.h"
 #include "cityos/logging.h"
 #include "cityos/observability.h"
@@ -27,6 +28,8 @@ constexpr int kExitConfig = 2;
 
 int RunStandaloneService(int argc, char** argv, const std::string& plugin_name,
                          RegisterPluginFn register_plugin) {
+  // No absl::Mutex deadlock detection in production (docs/operations.md).
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   const std::string program = "cityos-" + plugin_name;
   auto fail = [&](int code, const absl::Status& s) {
     std::cerr << program << ": " << s.message() << "\n";

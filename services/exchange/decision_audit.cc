@@ -5,6 +5,8 @@
 #include <utility>
 #include <vector>
 
+#include "absl/hash/hash.h"
+#include "absl/strings/str_cat.h"
 #include "cityos/proto_time.h"
 
 namespace cityos {
@@ -68,28 +70,30 @@ void DecisionAuditor::Record(std::string_view principal, std::string_view action
   }
   // The aggregation key. Purpose and rules are part of it too: two allows
   // that differ in why they were allowed are not "identical decisions".
-  std::string key;
-  key.reserve(principal.size() + action.size() + resource.size() + data_subject.size() +
-              purpose.size() + 48);
+  // Built in a per-thread buffer: a key is only allocated for a new entry.
+  static thread_local std::string key;
+  key.clear();
   key.append(principal).push_back('\0');
   key.append(action).push_back('\0');
   key.append(resource).push_back('\0');
   key.append(data_subject).push_back('\0');
   key.append(purpose).push_back('\0');
-  key.append(std::to_string(decision.policy_revision)).push_back('\0');
+  absl::StrAppend(&key, decision.policy_revision);
+  key.push_back('\0');
   key.append(decision.emergency_id).push_back('\0');
   key.append(decision.consent_id);
-  Shard& shard = shards_[std::hash<std::string>()(key) % kShards];
+  const size_t hash = absl::Hash<absl::string_view>()(absl::string_view(key.data(), key.size()));
+  Shard& shard = shards_[hash % kShards];
   exchange::v1::AuditEntry due;
   bool have_due = false;
   {
     std::lock_guard<std::mutex> lock(shard.mu);
-    auto it = shard.pending.find(key);
+    auto it = shard.pending.find(absl::string_view(key.data(), key.size()));
     if (it == shard.pending.end()) {
       Pending p{MakeEntry(principal, action, resource, purpose, data_subject, decision, now),
                 now};
       p.entry.set_count(count);
-      shard.pending.emplace(std::move(key), std::move(p));
+      shard.pending.emplace(key, std::move(p));
       return;
     }
     if (now - it->second.first < window_) {

@@ -23,9 +23,9 @@
 #include <string>
 #include <string_view>
 #include <thread>
-#include <unordered_map>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "cityos/audit.h"
 #include "cityos/clock.h"
@@ -63,7 +63,8 @@ class DecisionAuditor {
   };
   struct Shard {
     std::mutex mu;
-    std::unordered_map<std::string, Pending> pending ABSL_GUARDED_BY(mu);
+    // Looked up by string_view (no key allocated unless a new entry).
+    absl::flat_hash_map<std::string, Pending> pending ABSL_GUARDED_BY(mu);
   };
   static constexpr size_t kShards = 16;
 

@@ -96,7 +96,7 @@ class ExchangePlugin final : public ServicePlugin {
     deps_.appliers = appliers_.get();
     deps_.resolver = resolver_;
     if (!deps_.resolver) {
-      deps_.resolver = [&context](grpc::ServerContext* call) {
+      deps_.resolver = [&context](grpc::ServerContextBase* call) {
         return context.Authenticate(*call);
       };
     }

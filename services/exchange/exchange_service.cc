@@ -1,6 +1,7 @@
 #include "exchange_service.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -11,14 +12,19 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "cityos/disaster/v1/disaster.pb.h"
 #include "cityos/event.h"
 #include "cityos/grpc_util.h"
 #include "cityos/logging.h"
+#include "cityos/observability.h"
 #include "cityos/proto_time.h"
 #include "cityos/subject.h"
+#include "cityos/trace.h"
+#include "cityos/wire.h"
+#include "event_wire.h"
 #include "google/protobuf/descriptor.h"
 
 namespace cityos {
@@ -221,10 +227,74 @@ bool SubscribeIsAt(int index) {
          service->method(index)->server_streaming() && !service->method(index)->client_streaming();
 }
 
+// Query's index in the service's method table.
+constexpr int kQueryMethod = 0;
+
+bool QueryIsAt(int index) {
+  const google::protobuf::ServiceDescriptor* service =
+      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
+          "cityos.exchange.v1.ExchangeService");
+  return service != nullptr && index < service->method_count() &&
+         service->method(index)->name() == "Query" &&
+         !service->method(index)->server_streaming() &&
+         !service->method(index)->client_streaming();
+}
+
 }  // namespace
 
 ExchangeServiceImpl::ExchangeServiceImpl(const ExchangeDeps* deps, ExchangeServiceOptions options)
     : deps_(deps), options_(options), hub_(deps, options) {
+  // Query answers with bytes (grpc::ByteBuffer) built around the entities'
+  // stored bytes (QueryToWire), served through gRPC's callback API: the
+  // generated callback registration (WithCallbackMethod_Query's) with a byte
+  // buffer as the response type, the same wire protocol as the typed method.
+  // The sync methods of the service are served alongside (gRPC serves sync
+  // and callback methods of one service side by side). The handler runs on
+  // gRPC's shared callback executor (its thread pool, sized by gRPC from the
+  // core count: 2 threads on 2 cores; not the sync server's worker pool, and
+  // not bounded by its thread limits), answers before it returns (the
+  // default reactor) and holds that executor thread for the whole call: one
+  // page from the store, i.e. the store's fetch rounds until `page_size`
+  // visible entities are found. Queries beyond the pool's threads wait for
+  // one, and so does other callback work of the process queued on that pool.
+  // Its steps are the sync handler's: the caller is
+  // resolved from the callback context, the checks, decisions, audit and
+  // status codes are QueryToWire's; gRPC enforces deadlines and cancellation
+  // for either API (a cancelled call's answer is dropped, as a sync
+  // handler's is).
+  if (QueryIsAt(kQueryMethod)) {
+    MarkMethodCallback(
+        kQueryMethod,
+        new grpc::internal::CallbackUnaryHandler<QueryRequest, grpc::ByteBuffer>(
+            [this](grpc::CallbackServerContext* context, const QueryRequest* request,
+                   grpc::ByteBuffer* response) {
+              grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+              auto bytes = std::make_unique<std::string>();
+              grpc::Status status;
+              {
+                // The server interceptor sets the caller's trace context for
+                // sync handlers only: this thread is gRPC's, so the handler
+                // sets it (a child of the caller's `traceparent`, or a new
+                // trace) for its logs and restores the thread's previous one.
+                TraceScope trace(IncomingTraceContext(*context));
+                status = QueryToWire(context, request, bytes.get());
+              }
+              if (status.ok()) {
+                // Handed to gRPC without a copy; freed with the slice.
+                std::string* owned = bytes.release();
+                grpc::Slice slice(
+                    owned->data(), owned->size(),
+                    [](void* p) { delete static_cast<std::string*>(p); }, owned);
+                grpc::ByteBuffer buffer(&slice, 1);
+                response->Swap(&buffer);
+              }
+              reactor->Finish(status);
+              return reactor;
+            }));
+  } else {
+    LogError("exchange", "Query is not where expected in the service's method table; "
+                         "serving it through the typed handler (slower)", {});
+  }
   // Subscribe writes its responses as bytes (grpc::ByteBuffer), so stored
   // events go out without being parsed and serialized again. The generated
   // split-streaming registration (the same wire protocol as the typed one)
@@ -249,7 +319,7 @@ void ExchangeServiceImpl::Start() { hub_.Start(); }
 void ExchangeServiceImpl::BeginShutdown() { hub_.BeginShutdown(); }
 void ExchangeServiceImpl::Stop() { hub_.Stop(); }
 
-absl::StatusOr<Principal> ExchangeServiceImpl::Caller(grpc::ServerContext* context) const {
+absl::StatusOr<Principal> ExchangeServiceImpl::Caller(grpc::ServerContextBase* context) const {
   absl::StatusOr<Principal> who = deps_->resolver(context);
   if (!who.ok() && who.status().code() != absl::StatusCode::kUnauthenticated) {
     return absl::UnauthenticatedError(who.status().message());
@@ -319,32 +389,53 @@ grpc::Status ExchangeServiceImpl::DenyUnlessMayAllow(const AccessRequest& may,
                                 who_id, may.resource.type, may.purpose));
 }
 
-grpc::Status ExchangeServiceImpl::Query(grpc::ServerContext* context, const QueryRequest* request,
-                                        QueryResponse* response) {
+grpc::Status ExchangeServiceImpl::QueryPrelude(grpc::ServerContextBase* context,
+                                               const QueryRequest& request, Principal* who_out,
+                                               std::string* who_id) {
   absl::StatusOr<Principal> who = Caller(context);
   if (!who.ok()) return ToGrpcStatus(who.status());
-  const EntityFilter& filter = request->filter();
+  const EntityFilter& filter = request.filter();
   if (filter.type().empty()) return Invalid("filter.type: required");
   if (absl::Status s = ValidateFilter(filter); !s.ok()) {
     return Invalid(absl::StrFormat("filter: %s", s.message()));
   }
-  if (absl::Status s = CheckPurpose(request->purpose()); !s.ok()) return ToGrpcStatus(s);
-  if (request->page_size() < 0) return Invalid("page_size: must not be negative");
-  std::vector<std::string> projection(request->projection().begin(), request->projection().end());
-  for (size_t i = 0; i < projection.size(); ++i) {
-    if (absl::Status s = CheckPath(absl::StrFormat("projection[%d]", i), projection[i]); !s.ok()) {
+  if (absl::Status s = CheckPurpose(request.purpose()); !s.ok()) return ToGrpcStatus(s);
+  if (request.page_size() < 0) return Invalid("page_size: must not be negative");
+  for (int i = 0; i < request.projection_size(); ++i) {
+    if (absl::Status s = CheckPath(absl::StrFormat("projection[%d]", i), request.projection(i));
+        !s.ok()) {
       return ToGrpcStatus(s);
     }
   }
-  const std::string who_id = who->SpiffeId();
-  AccessRequest may{.principal = &*who, .action = Action::kRead, .purpose = request->purpose()};
+  *who_id = who->SpiffeId();
+  AccessRequest may{.principal = &*who, .action = Action::kRead, .purpose = request.purpose()};
   may.resource.type = filter.type();
   may.resource.owner = filter.owner();
   may.resource.data_subject = filter.data_subject();
-  if (grpc::Status denied = DenyUnlessMayAllow(may, who_id, filter.type(), filter.data_subject());
+  if (grpc::Status denied = DenyUnlessMayAllow(may, *who_id, filter.type(), filter.data_subject());
       !denied.ok()) {
     return denied;
   }
+  *who_out = *std::move(who);
+  return grpc::Status::OK;
+}
+
+grpc::Status ExchangeServiceImpl::Query(grpc::ServerContext* context, const QueryRequest* request,
+                                        QueryResponse* response) {
+  return QueryMessages(context, request, response);
+}
+
+grpc::Status ExchangeServiceImpl::QueryMessages(grpc::ServerContextBase* context,
+                                                const QueryRequest* request,
+                                                QueryResponse* response) {
+  Principal who_principal;
+  std::string who_id;
+  if (grpc::Status s = QueryPrelude(context, *request, &who_principal, &who_id); !s.ok()) {
+    return s;
+  }
+  const Principal* who = &who_principal;
+  const EntityFilter& filter = request->filter();
+  std::vector<std::string> projection(request->projection().begin(), request->projection().end());
   const bool filter_has_attributes = filter.attributes_size() > 0;
   // Decisions of the entities the store found visible, and (only when an
   // attribute filter had to be checked on the obligated view) their
@@ -407,6 +498,148 @@ grpc::Status ExchangeServiceImpl::Query(grpc::ServerContext* context, const Quer
     }
   }
   response->set_next_page_token(result->next_page_token);
+  return grpc::Status::OK;
+}
+
+grpc::Status ExchangeServiceImpl::QueryToWire(grpc::ServerContextBase* context,
+                                              const QueryRequest* request,
+                                              std::string* response) {
+  const EntityFilter& filter = request->filter();
+  if (request->projection_size() > 0 || filter.attributes_size() > 0) {
+    // A projection rebuilds each entity, and an attribute condition must hold
+    // on the obligated copy: both need the parsed entities.
+    QueryResponse typed;
+    grpc::Status status = QueryMessages(context, request, &typed);
+    if (status.ok()) typed.AppendToString(response);
+    return status;
+  }
+  Principal who;
+  std::string who_id;
+  if (grpc::Status s = QueryPrelude(context, *request, &who, &who_id); !s.ok()) return s;
+  ObligationApplier& applier = deps_->appliers->For(who.org);
+  // Per entity the store hands out (in order): its decision and whether it
+  // carries obligations of its own.
+  std::vector<std::shared_ptr<const Decision>> decisions;
+  std::vector<bool> has_obligations;
+  SerializedPageRequest page{
+      .page_size = request->page_size(),
+      .page_token = request->page_token(),
+      .token_context = TokenContext(request->purpose(), request->projection())};
+  page.visible = [&](std::string_view stored) -> SerializedVisibility {
+    // The decision needs the envelope attributes only: read off the bytes
+    // (the attributes map, the bulk of an entity, is not parsed).
+    EntityHeaderView view;
+    Entity parsed;
+    ResourceView resource;
+    bool own_obligations;
+    if (view.Parse(stored)) {
+      resource = view.Resource();
+      own_obligations = view.has_obligations;
+    } else {
+      if (!parsed.ParseFromArray(stored.data(), static_cast<int>(stored.size()))) {
+        // The store stops here with Query's DATA_LOSS for the row: nothing
+        // after it is decided or audited.
+        return SerializedVisibility::kUnreadable;
+      }
+      resource = ResourceView::Of(parsed);
+      own_obligations = parsed.obligations_size() > 0;
+    }
+    AccessRequest req{.principal = &who, .action = Action::kRead, .resource = resource,
+                      .purpose = request->purpose()};
+    std::shared_ptr<const Decision> d = deps_->pdp->Decide(req);
+    deps_->auditor->Record(who_id, "read", EntityKey(resource.type, resource.entity_id),
+                           request->purpose(), resource.data_subject, *d);
+    // Individual records of aggregate-only data are never returned.
+    if (!d->allowed() || d->has_obligation(OBLIGATION_KIND_AGGREGATE_ONLY)) {
+      return SerializedVisibility::kHidden;
+    }
+    decisions.push_back(std::move(d));
+    has_obligations.push_back(own_obligations);
+    return SerializedVisibility::kVisible;
+  };
+  absl::StatusOr<SerializedEntityPage> result = deps_->store->QuerySerialized(filter, page);
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  if (decisions.size() != result->entities.size()) {
+    return ToGrpcStatus(absl::InternalError("entity store: page and decisions disagree"));
+  }
+  // How a decision's obligations are applied to entities of the filter's
+  // type, worked out once per distinct obligations and type on each thread
+  // (the PDP's cache holds one decision per entity, but their obligations
+  // are those of the few rules that allowed them). Looked up by the
+  // obligations' bytes, which the response needs anyway.
+  struct Applying {
+    std::string type;
+    std::string obligations;  // the obligations as Entity field 15
+    std::optional<EntityWireRedaction> wire;  // nullopt: parse, apply, serialize
+  };
+  static thread_local std::array<std::unique_ptr<const Applying>, 4> applying_cache;
+  static thread_local size_t applying_next = 0;
+  std::string obligations_bytes;
+  auto applying_for = [&](const Decision& d) -> const Applying& {
+    obligations_bytes.clear();
+    for (const Obligation& o : d.obligations) {
+      wire::AppendLengthDelimitedHeader(15, o.ByteSizeLong(), &obligations_bytes);
+      o.AppendToString(&obligations_bytes);
+    }
+    for (const auto& a : applying_cache) {
+      if (a != nullptr && a->obligations == obligations_bytes && a->type == filter.type()) {
+        return *a;
+      }
+    }
+    auto a = std::make_unique<Applying>();
+    a->type = filter.type();
+    a->obligations = obligations_bytes;
+    // Obligations the applier refuses withhold the entity (below, on the
+    // parsed path, which logs why); the wire only takes what it accepts.
+    // Whether it refuses depends on the obligations and the type only.
+    Entity probe;
+    probe.set_type(filter.type());
+    if (applier.Apply(d.obligations, &probe).ok()) {
+      a->wire = EntityWireRedaction::Compile(d.obligations, filter.type());
+    }
+    std::unique_ptr<const Applying>& slot = applying_cache[applying_next++ % applying_cache.size()];
+    slot = std::move(a);
+    return *slot;
+  };
+  std::string entity;
+  for (size_t i = 0; i < result->entities.size(); ++i) {
+    const std::string& stored = result->entities[i];
+    const Decision& d = *decisions[i];
+    if (d.obligations.empty()) {
+      wire::AppendLengthDelimitedHeader(1, stored.size(), response);
+      response->append(stored);
+      continue;
+    }
+    const Applying& a = applying_for(d);
+    entity.clear();
+    if (a.wire.has_value() && a.wire->Apply(stored, &entity)) {
+      // Obligations (field 15, the last) are listed after the attributes,
+      // as Query adds them when the entity has none of its own.
+      if (!has_obligations[i]) entity.append(a.obligations);
+    } else {
+      Entity parsed;
+      if (!parsed.ParseFromString(stored)) {
+        return ToGrpcStatus(absl::DataLossError("entity store: a stored entity does not parse"));
+      }
+      if (absl::Status s = applier.Apply(d.obligations, &parsed); !s.ok()) {
+        // Fail closed: data whose obligations cannot be met is left out.
+        LogWarn("exchange", "obligation cannot be applied; entity withheld",
+                {{"entity", EntityKey(parsed.type(), parsed.id())},
+                 {"error", std::string(s.message())}});
+        continue;
+      }
+      if (parsed.obligations_size() == 0) {
+        for (const Obligation& o : d.obligations) *parsed.add_obligations() = o;
+      }
+      parsed.AppendToString(&entity);
+    }
+    wire::AppendLengthDelimitedHeader(1, entity.size(), response);
+    response->append(entity);
+  }
+  if (!result->next_page_token.empty()) {
+    wire::AppendLengthDelimitedHeader(2, result->next_page_token.size(), response);
+    response->append(result->next_page_token);
+  }
   return grpc::Status::OK;
 }
 

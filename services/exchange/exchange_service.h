@@ -27,6 +27,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <memory>
+#include <string>
 
 #include "cityos/exchange/v1/exchange.grpc.pb.h"
 #include "exchange_subscribe.h"
@@ -49,8 +50,17 @@ class ExchangeServiceImpl final : public exchange::v1::ExchangeService::Service 
 
   SubscriptionHub& hub() { return hub_; }
 
+  // Query built as protobuf messages (the reference; also what a request
+  // with a projection or an attribute filter gets).
   grpc::Status Query(grpc::ServerContext* context, const exchange::v1::QueryRequest* request,
                      exchange::v1::QueryResponse* response) override;
+  // Query as registered (through the callback API, see the constructor): the
+  // same response, serialized into `response` (appended), built from the
+  // entities' stored bytes where it can (no parse of the attributes;
+  // redactions applied on the bytes) and from Query otherwise. Parsing
+  // `response` gives what Query gives.
+  grpc::Status QueryToWire(grpc::ServerContextBase* context,
+                           const exchange::v1::QueryRequest* request, std::string* response);
   grpc::Status GetEntity(grpc::ServerContext* context,
                          const exchange::v1::GetEntityRequest* request,
                          exchange::v1::GetEntityResponse* response) override;
@@ -97,10 +107,19 @@ class ExchangeServiceImpl final : public exchange::v1::ExchangeService::Service 
 
  private:
   // The caller, or the status to return.
-  absl::StatusOr<Principal> Caller(grpc::ServerContext* context) const;
+  absl::StatusOr<Principal> Caller(grpc::ServerContextBase* context) const;
   bool HasRole(const Principal& who, std::string_view role) const;
   // INVALID_ARGUMENT unless `purpose` is given and registered.
   absl::Status CheckPurpose(std::string_view purpose) const;
+  // Query's checks before any data is read: caller, filter, purpose, page
+  // size, projection, MayAllow (audited when it denies).
+  grpc::Status QueryPrelude(grpc::ServerContextBase* context,
+                            const exchange::v1::QueryRequest& request, Principal* who,
+                            std::string* who_id);
+  // Query's body, for either API's context.
+  grpc::Status QueryMessages(grpc::ServerContextBase* context,
+                             const exchange::v1::QueryRequest* request,
+                             exchange::v1::QueryResponse* response);
   // Decides `action` on one entity for the caller, audits it, and on allow
   // returns the caller's copy (obligations applied, listed in
   // `obligations`); nullopt when it is denied or aggregate-only.

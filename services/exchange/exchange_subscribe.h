@@ -65,8 +65,9 @@
 namespace cityos {
 
 // Who is calling an RPC: OK with the caller's principal, or UNAUTHENTICATED.
-// Thread-safe.
-using CallerResolver = std::function<absl::StatusOr<Principal>(grpc::ServerContext*)>;
+// Gets the context of either server API (Query is served through the
+// callback API, the other methods through the sync one). Thread-safe.
+using CallerResolver = std::function<absl::StatusOr<Principal>(grpc::ServerContextBase*)>;
 
 // One ObligationApplier per recipient org, keyed with the org's pseudonym key
 // (derived from the node's secret), so two orgs never get joinable

@@ -515,7 +515,7 @@ class FakeContext final : public PluginContext {
     ::mkdir(d.c_str(), 0700);
     return d;
   }
-  absl::StatusOr<Principal> Authenticate(const grpc::ServerContext&) override {
+  absl::StatusOr<Principal> Authenticate(const grpc::ServerContextBase&) override {
     return absl::UnimplementedError("no RPCs here");
   }
 

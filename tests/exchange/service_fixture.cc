@@ -167,6 +167,7 @@ Client& ExchangeNodeTest::NewClient(const std::string& org, const std::string& n
   EXPECT_TRUE(rec.ok()) << rec.status();
   auto c = std::make_unique<Client>();
   c->spiffe_id = rec.ok() ? rec->spiffe_id : "";
+  c->serial = rec.ok() ? rec->serial : "";
   c->cert = out + ".pem";
   c->key = out + ".key";
   auto creds = MakeChannelCredentials({.ca_file = (*ca)->ca_file(),

@@ -59,6 +59,7 @@ struct Hooks {
 // A client of the node with its own certificate.
 struct Client {
   std::string spiffe_id;
+  std::string serial;  // of its certificate (hex), for CityCa::Revoke
   std::string cert, key;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<exchange::v1::ExchangeService::Stub> exchange;

@@ -7,12 +7,16 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "cityos/ca.h"
 #include "cityos/entity.h"
 #include "cityos/event.h"
 #include "cityos/health/v1/health.pb.h"
@@ -502,6 +506,91 @@ TEST_F(ExchangeReadTest, BusPublishAndSubscribeGoThroughThePdp) {
     EXPECT_FALSE(reader->Read(&resp));
     EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::PERMISSION_DENIED);
   }
+}
+
+// Query is served through gRPC's callback API, GetEntity (as every other
+// method) through the sync one. A caller whose certificate is revoked while
+// its connection stays open is refused by both alike: UNAUTHENTICATED,
+// naming the revocation, and no data.
+TEST_F(ExchangeReadTest, RevokedCallerOnAnOpenConnectionIsUnauthenticatedForQueryAndGetEntity) {
+  PublishBeds();
+  Client& hospital = NewClient("hospital-a", "beds");
+  exchange::v1::QueryResponse r;
+  ASSERT_TRUE(Query(hospital, "medical_care", &r).ok());
+  ASSERT_EQ(r.entities_size(), 6);
+  exchange::v1::GetEntityResponse g;
+  ASSERT_TRUE(GetEntity(hospital, kBeds, "a-icu-1", "medical_care", &g).ok());
+
+  auto ca = CityCa::Open(ca_dir_);
+  ASSERT_TRUE(ca.ok()) << ca.status();
+  ASSERT_TRUE((*ca)->Revoke(hospital.serial, RevocationReason::kKeyCompromise).ok());
+  // The node re-reads a changed CRL at most once a second; the connection
+  // (established before the revocation) stays open.
+  grpc::Status query;
+  const absl::Time give_up = absl::Now() + absl::Seconds(20);
+  do {
+    r.Clear();
+    query = Query(hospital, "medical_care", &r);
+    if (query.error_code() == grpc::StatusCode::UNAUTHENTICATED) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  } while (absl::Now() < give_up);
+  EXPECT_EQ(query.error_code(), grpc::StatusCode::UNAUTHENTICATED) << query.error_message();
+  EXPECT_THAT(query.error_message(), HasSubstr("revoked"));
+  EXPECT_EQ(r.entities_size(), 0);
+  g.Clear();
+  grpc::Status get = GetEntity(hospital, kBeds, "a-icu-1", "medical_care", &g);
+  EXPECT_EQ(get.error_code(), grpc::StatusCode::UNAUTHENTICATED) << get.error_message();
+  EXPECT_THAT(get.error_message(), HasSubstr("revoked"));
+  // Others are unaffected.
+  r.Clear();
+  ASSERT_TRUE(Query(NewClient("hospital-a", "beds2"), "medical_care", &r).ok());
+  EXPECT_EQ(r.entities_size(), 6);
+}
+
+// Calls the client cancels right after starting them end CANCELLED (or
+// complete, when the answer was first); the node goes on answering.
+TEST_F(ExchangeReadTest, QueriesCancelledByTheClientEndAndTheNodeGoesOn) {
+  PublishBeds();
+  Client& hospital = NewClient("hospital-a", "beds");
+  exchange::v1::QueryRequest req;
+  req.mutable_filter()->set_type(kBeds);
+  req.set_purpose("medical_care");
+  struct Call {
+    grpc::ClientContext ctx;
+    exchange::v1::QueryResponse resp;
+    grpc::Status status;
+  };
+  constexpr int kCalls = 32;
+  std::vector<std::unique_ptr<Call>> calls;
+  absl::Mutex mu;
+  int finished = 0;
+  for (int i = 0; i < kCalls; ++i) {
+    auto call = std::make_unique<Call>();
+    Deadline(&call->ctx);
+    Call* c = call.get();
+    hospital.exchange->async()->Query(&c->ctx, &req, &c->resp,
+                                      [c, &mu, &finished](grpc::Status s) {
+                                        absl::MutexLock lock(&mu);
+                                        c->status = std::move(s);
+                                        ++finished;
+                                      });
+    if (i % 2 == 0) c->ctx.TryCancel();
+    calls.push_back(std::move(call));
+  }
+  {
+    absl::MutexLock lock(&mu);
+    mu.Await(absl::Condition(
+        +[](int* n) { return *n == kCalls; }, &finished));
+  }
+  for (int i = 0; i < kCalls; ++i) {
+    const Call& c = *calls[i];
+    if (i % 2 == 0 && c.status.error_code() == grpc::StatusCode::CANCELLED) continue;
+    ASSERT_TRUE(c.status.ok()) << i << ": " << c.status.error_message();
+    EXPECT_EQ(c.resp.entities_size(), 6) << i;
+  }
+  exchange::v1::QueryResponse r;
+  ASSERT_TRUE(Query(hospital, "medical_care", &r).ok());
+  EXPECT_EQ(r.entities_size(), 6);
 }
 
 }  // namespace

@@ -18,3 +18,10 @@ cityos_test(exchange_live_feed_test LABEL exchange
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/live_feed_test.cc
           ${CMAKE_CURRENT_SOURCE_DIR}/event_wire_test.cc
   LIBS cityos_exchange_service)
+
+find_package(SQLite3 REQUIRED)
+# Query built on the wire (event_wire: EntityHeaderView, EntityWireRedaction;
+# ExchangeServiceImpl::QueryToWire) against the protobuf-built Query.
+cityos_test(exchange_query_wire_test LABEL exchange
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/query_wire_test.cc
+  LIBS cityos_exchange_service SQLite::SQLite3)

@@ -6,3 +6,6 @@ cityos_test(exchange_store_test LABEL exchange
   SOURCES store_test.cc LIBS SQLite::SQLite3)
 cityos_test(exchange_store_paging_test LABEL exchange
   SOURCES store_paging_test.cc TIMEOUT 300)
+# store_internal::Transaction: the destructor's ROLLBACK does not allocate.
+cityos_test(exchange_sqlite_transaction_test LABEL exchange
+  SOURCES sqlite_transaction_test.cc LIBS SQLite::SQLite3)

@@ -51,7 +51,7 @@ constexpr char kGridCarbon[] = "spiffe://test.city/org/grid/svc/carbon";
 constexpr char kHospital[] = "spiffe://test.city/org/hospital/svc/records";
 constexpr char kAdmin[] = "spiffe://test.city/org/city/user/ops";
 
-std::string Metadata(const grpc::ServerContext& call, const char* key) {
+std::string Metadata(const grpc::ServerContextBase& call, const char* key) {
   auto it = call.client_metadata().find(key);
   if (it == call.client_metadata().end()) return "";
   return std::string(it->second.data(), it->second.size());
@@ -59,7 +59,7 @@ std::string Metadata(const grpc::ServerContext& call, const char* key) {
 
 // The test's stand-in for mTLS: the principal named in the metadata, else the
 // channel's default one.
-absl::StatusOr<Principal> ResolveCaller(const grpc::ServerContext& call,
+absl::StatusOr<Principal> ResolveCaller(const grpc::ServerContextBase& call,
                                         const std::optional<Principal>& fallback) {
   const std::string id = Metadata(call, kPrincipalHeader);
   if (id.empty()) {
@@ -727,7 +727,7 @@ class TestPluginContext final : public PluginContext {
   absl::StatusOr<std::string> PluginDataDir(std::string_view plugin) override {
     return absl::FailedPreconditionError("the registry keeps no files");
   }
-  absl::StatusOr<Principal> Authenticate(const grpc::ServerContext& call) override {
+  absl::StatusOr<Principal> Authenticate(const grpc::ServerContextBase& call) override {
     return ResolveCaller(call, std::nullopt);
   }
 

@@ -26,7 +26,7 @@
 #include "cityos/principal.h"
 
 namespace grpc {
-class ServerContext;
+class ServerContextBase;
 class Service;
 }
 
@@ -81,8 +81,10 @@ class PluginContext {
   virtual absl::StatusOr<std::string> PluginDataDir(std::string_view plugin) = 0;
   // Who is calling an RPC served by this node: the principal of the caller's
   // verified client certificate, or UNAUTHENTICATED. The one place every
-  // handler learns its caller. Thread-safe.
-  virtual absl::StatusOr<Principal> Authenticate(const grpc::ServerContext& call) = 0;
+  // handler learns its caller. Takes the context of either API (a sync
+  // handler's grpc::ServerContext, a callback handler's
+  // grpc::CallbackServerContext). Thread-safe.
+  virtual absl::StatusOr<Principal> Authenticate(const grpc::ServerContextBase& call) = 0;
 };
 
 // One gRPC service a plug-in exposes.

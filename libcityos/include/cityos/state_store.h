@@ -48,6 +48,32 @@ struct EntityPage {
   std::string next_page_token;  // empty on the last page
 };
 
+// What SerializedPageRequest::visible makes of one stored entity.
+enum class SerializedVisibility {
+  kHidden,   // left out silently, not counted (PageRequest::visible's false)
+  kVisible,  // on the page
+  // The bytes do not parse: the query stops there and fails with the
+  // DATA_LOSS Query gives for such a row (naming it); no later row is handed
+  // to `visible`.
+  kUnreadable,
+};
+
+// PageRequest for QuerySerialized: the same, but `visible` sees each entity
+// as stored (a serialized exchange::v1::Entity), not parsed, and can say that
+// it does not parse.
+struct SerializedPageRequest {
+  int page_size = 0;
+  std::string page_token;
+  std::string token_context;
+  std::function<SerializedVisibility(std::string_view serialized_entity)> visible;
+};
+
+struct SerializedEntityPage {
+  // Serialized exchange::v1::Entity, as stored.
+  std::vector<std::string> entities;
+  std::string next_page_token;  // empty on the last page
+};
+
 class StateStore {
  public:
   virtual ~StateStore() = default;
@@ -69,6 +95,14 @@ class StateStore {
   // INVALID_ARGUMENT: bad filter, bad or foreign page token.
   virtual absl::StatusOr<EntityPage> Query(const exchange::v1::EntityFilter& filter,
                                            const PageRequest& page) = 0;
+
+  // Query, the entities handed out serialized (as the store keeps them, so
+  // a caller that forwards them need not parse them): the same entities, the
+  // same page tokens (a token of one is valid for the other). The default
+  // serializes what Query returns; the SQLite store returns its stored bytes
+  // without parsing them (unless the filter needs C++-side matching).
+  virtual absl::StatusOr<SerializedEntityPage> QuerySerialized(
+      const exchange::v1::EntityFilter& filter, const SerializedPageRequest& page);
 
   // States of one entity whose observed_time is in [from, to), by ascending
   // version (the newest included). NOT_FOUND when there is no such entity.

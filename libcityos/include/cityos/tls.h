@@ -51,7 +51,7 @@
 
 namespace grpc {
 class ChannelCredentials;
-class ServerContext;
+class ServerContextBase;
 class ServerCredentials;
 }  // namespace grpc
 
@@ -102,8 +102,8 @@ MakeChannelCredentials(
 // has no verified certificate (plaintext, or a server built with other
 // credentials), or if the certificate has since been revoked or expired.
 // Parsed certificates are cached by the SHA-256 of their PEM (bounded).
-// Thread-safe.
-absl::StatusOr<Principal> PeerPrincipal(const grpc::ServerContext& call);
+// Thread-safe. Takes the context of either server API (sync or callback).
+absl::StatusOr<Principal> PeerPrincipal(const grpc::ServerContextBase& call);
 
 // ---- Client contexts --------------------------------------------------
 //

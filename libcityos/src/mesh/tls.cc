@@ -238,7 +238,7 @@ MakeChannelCredentials(const TlsConfig& config,
   return creds;
 }
 
-absl::StatusOr<Principal> PeerPrincipal(const grpc::ServerContext& call) {
+absl::StatusOr<Principal> PeerPrincipal(const grpc::ServerContextBase& call) {
   std::shared_ptr<const grpc::AuthContext> auth = call.auth_context();
   std::vector<grpc::string_ref> pems =
       auth == nullptr

@@ -6,6 +6,7 @@ target_sources(cityos PRIVATE
   ${CMAKE_CURRENT_SOURCE_DIR}/src/store/page_token.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/src/store/sqlite.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/src/store/sqlite_state_store.cc
+  ${CMAKE_CURRENT_SOURCE_DIR}/src/store/state_store.cc
   ${CMAKE_CURRENT_SOURCE_DIR}/src/store/page_token.h
   ${CMAKE_CURRENT_SOURCE_DIR}/src/store/sqlite.h)
 target_link_libraries(cityos PRIVATE SQLite::SQLite3)

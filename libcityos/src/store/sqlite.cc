@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/string_view.h"
 
 namespace cityos::store_internal {
 
@@ -124,14 +125,17 @@ absl::Status SqliteConnection::Exec(const char* sql, std::string_view what) {
   return status;
 }
 
-absl::StatusOr<Statement> SqliteConnection::Prepare(const std::string& sql) {
-  auto it = statements_.find(sql);
+absl::StatusOr<Statement> SqliteConnection::Prepare(std::string_view sql) {
+  // absl's string-keyed maps take a string_view key without building a
+  // std::string (heterogeneous lookup; absl::string_view, which is not
+  // std::string_view in this abseil build).
+  auto it = statements_.find(absl::string_view(sql.data(), sql.size()));
   if (it == statements_.end()) {
     sqlite3_stmt* stmt = nullptr;
     int rc = sqlite3_prepare_v3(db_, sql.data(), static_cast<int>(sql.size()),
                                 SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
     if (rc != SQLITE_OK) return Error(rc, absl::StrFormat("prepare \"%s\"", sql));
-    it = statements_.emplace(sql, stmt).first;
+    it = statements_.emplace(std::string(sql), stmt).first;
   }
   return Statement(this, it->second);
 }
@@ -140,21 +144,43 @@ absl::Status SqliteConnection::Error(int rc, std::string_view what) const {
   return SqliteError(rc, path_, what, sqlite3_errmsg(db_));
 }
 
+absl::Status SqliteConnection::ExecPrepared(const char* sql, std::string_view what) {
+  absl::StatusOr<Statement> stmt = Prepare(sql);
+  if (!stmt.ok()) return stmt.status();
+  return stmt->Run(what);
+}
+
+void SqliteConnection::RollbackNoThrow() noexcept {
+  auto it = statements_.find(absl::string_view("ROLLBACK"));
+  if (it != statements_.end()) {
+    (void)sqlite3_step(it->second);
+    sqlite3_reset(it->second);
+    return;
+  }
+  (void)sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+}
+
 absl::StatusOr<Transaction> Transaction::Begin(SqliteConnection* conn, const char* begin) {
-  absl::Status status = conn->Exec(begin, "begin transaction");
+  // ROLLBACK prepared (cached) before the transaction starts, so that the
+  // destructor's rollback finds it without allocating.
+  if (absl::StatusOr<Statement> rollback = conn->Prepare("ROLLBACK"); !rollback.ok()) {
+    return rollback.status();
+  }
+  absl::Status status = conn->ExecPrepared(begin, "begin transaction");
   if (!status.ok()) return status;
   return Transaction(conn);
 }
 
 Transaction::~Transaction() {
   // Also ends a read transaction; a failed ROLLBACK (nothing left to roll
-  // back after an automatic rollback) is harmless.
-  if (conn_ != nullptr) sqlite3_exec(conn_->db(), "ROLLBACK", nullptr, nullptr, nullptr);
+  // back after an automatic rollback) is harmless. Allocation-free: a
+  // bad_alloc here would terminate.
+  if (conn_ != nullptr) conn_->RollbackNoThrow();
 }
 
 absl::Status Transaction::Commit() {
   SqliteConnection* conn = conn_;
-  absl::Status status = conn->Exec("COMMIT", "commit");
+  absl::Status status = conn->ExecPrepared("COMMIT", "commit");
   // After a failed COMMIT the transaction may still be open: the destructor
   // rolls it back.
   if (status.ok()) conn_ = nullptr;

@@ -83,8 +83,17 @@ class SqliteConnection {
 
   // Runs one or more statements without results (schema, pragmas, BEGIN).
   absl::Status Exec(const char* sql, std::string_view what);
-  // The cached prepared statement for `sql` (prepared on first use).
-  absl::StatusOr<Statement> Prepare(const std::string& sql);
+  // Runs one statement without results through the statement cache (BEGIN,
+  // COMMIT, ROLLBACK: no SQL parsing per transaction).
+  absl::Status ExecPrepared(const char* sql, std::string_view what);
+  // The cached prepared statement for `sql` (prepared on first use). The
+  // cache is looked up by string_view (no allocation when cached).
+  absl::StatusOr<Statement> Prepare(std::string_view sql);
+  // Runs ROLLBACK without allocating and without reporting errors (for
+  // destructors: a failed ROLLBACK, e.g. nothing left to roll back after an
+  // automatic rollback, is harmless). Uses the cached statement when
+  // Transaction::Begin prepared it, else sqlite3_exec (C allocations only).
+  void RollbackNoThrow() noexcept;
 
   absl::Status Error(int rc, std::string_view what) const;
   const std::string& path() const { return path_; }

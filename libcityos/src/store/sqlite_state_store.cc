@@ -299,54 +299,112 @@ using FetchFn = std::function<absl::Status(const std::string& after, int limit,
                                            std::vector<Row>* rows)>;
 
 // Fills one page by keyset: rows after `cursor` in key order, keeping those
-// that `matches` (null = all) and the caller finds `visible` (null = all),
-// fetching more until the page is full, so a page is short only at the end.
-// The next token is set only when another matching row exists after the
-// page; it points at the last row examined (returned or rejected), so the
-// next page neither repeats nor re-examines anything.
-absl::StatusOr<EntityPage> FillPage(const FetchFn& fetch, std::string cursor, int size,
-                                    const std::function<bool(const Entity&)>& matches,
-                                    const std::function<bool(const Entity&)>& visible,
-                                    std::string_view fingerprint, std::string_view path) {
-  EntityPage page;
+// that `matches` (null = all) and `take` accepts (it decides visibility and
+// adds the row to the page; `parsed` is the row's entity when `matches` had
+// to parse it, else null), fetching more until `take` has accepted `size`
+// rows, so a page is short only at the end. The next token is set only when
+// another matching row exists after the page; it points at the last row
+// examined (returned or rejected), so the next page neither repeats nor
+// re-examines anything.
+using TakeFn = std::function<absl::StatusOr<bool>(Row& row, Entity* parsed)>;
+
+absl::StatusOr<std::string> FillPageRows(const FetchFn& fetch, std::string cursor, int size,
+                                         const std::function<bool(const Entity&)>& matches,
+                                         const TakeFn& take, std::string_view fingerprint,
+                                         std::string_view path) {
+  int taken = 0;
   bool full = false;
   std::vector<Row> rows;
   // Without a C++-side condition every fetched row matches, so the page plus
   // one row (which says whether a next page exists) is all that is needed;
   // with one, read ahead some more so that rejected rows need fewer rounds.
   int limit = matches ? std::max(size + 1, 16) : size + 1;
+  Entity entity;
   while (true) {
     rows.clear();
     CITYOS_RETURN_IF_ERROR(fetch(cursor, limit, &rows));
     for (Row& row : rows) {
       if (full && !matches) {
-        // Another row after a full page: no need to parse it (parsing the
-        // attributes map is the bulk of a page's cost).
-        page.next_page_token = EncodePageToken(fingerprint, cursor);
-        return page;
+        // Another row after a full page: no need to look at it.
+        return EncodePageToken(fingerprint, cursor);
       }
-      Entity entity;
-      if (!entity.ParseFromString(row.blob)) {
-        return absl::DataLossError(
-            absl::StrFormat("entity store %s: stored state %s does not parse", path, row.key));
+      Entity* parsed = nullptr;
+      if (matches) {
+        entity.Clear();
+        if (!entity.ParseFromString(row.blob)) {
+          return absl::DataLossError(
+              absl::StrFormat("entity store %s: stored state %s does not parse", path, row.key));
+        }
+        if (!matches(entity)) {
+          cursor = std::move(row.key);
+          continue;
+        }
+        parsed = &entity;
       }
-      if (matches && !matches(entity)) {
-        cursor = std::move(row.key);
-        continue;
-      }
-      if (full) {
-        page.next_page_token = EncodePageToken(fingerprint, cursor);
-        return page;
-      }
-      cursor = std::move(row.key);
-      if (visible && !visible(entity)) continue;
-      page.entities.push_back(std::move(entity));
-      if (static_cast<int>(page.entities.size()) == size) full = true;
+      if (full) return EncodePageToken(fingerprint, cursor);
+      cursor = row.key;
+      CITYOS_ASSIGN_OR_RETURN(bool accepted, take(row, parsed));
+      if (!accepted) continue;
+      if (++taken == size) full = true;
     }
-    if (static_cast<int>(rows.size()) < limit) return page;
+    if (static_cast<int>(rows.size()) < limit) return std::string();
     // Many rows rejected (filter or policy): read further ahead each round.
     limit = std::min(limit * 2, 4096);
   }
+}
+
+// FillPageRows into parsed entities, `visible` deciding (null = all).
+absl::StatusOr<EntityPage> FillPage(const FetchFn& fetch, std::string cursor, int size,
+                                    const std::function<bool(const Entity&)>& matches,
+                                    const std::function<bool(const Entity&)>& visible,
+                                    std::string_view fingerprint, std::string_view path) {
+  EntityPage page;
+  TakeFn take = [&](Row& row, Entity* parsed) -> absl::StatusOr<bool> {
+    Entity entity;
+    if (parsed != nullptr) {
+      entity.Swap(parsed);
+    } else if (!entity.ParseFromString(row.blob)) {
+      return absl::DataLossError(
+          absl::StrFormat("entity store %s: stored state %s does not parse", path, row.key));
+    }
+    if (visible && !visible(entity)) return false;
+    page.entities.push_back(std::move(entity));
+    return true;
+  };
+  CITYOS_ASSIGN_OR_RETURN(page.next_page_token,
+                          FillPageRows(fetch, std::move(cursor), size, matches, take,
+                                       fingerprint, path));
+  return page;
+}
+
+// FillPageRows into the stored bytes, `visible` deciding (null = all): no
+// row is parsed unless `matches` needs it.
+absl::StatusOr<SerializedEntityPage> FillSerializedPage(
+    const FetchFn& fetch, std::string cursor, int size,
+    const std::function<bool(const Entity&)>& matches,
+    const std::function<SerializedVisibility(std::string_view)>& visible,
+    std::string_view fingerprint, std::string_view path) {
+  SerializedEntityPage page;
+  TakeFn take = [&](Row& row, Entity*) -> absl::StatusOr<bool> {
+    if (visible) {
+      switch (visible(row.blob)) {
+        case SerializedVisibility::kVisible:
+          break;
+        case SerializedVisibility::kHidden:
+          return false;
+        case SerializedVisibility::kUnreadable:
+          // As FillPage: the first row that does not parse ends the query.
+          return absl::DataLossError(absl::StrFormat(
+              "entity store %s: stored state %s does not parse", path, row.key));
+      }
+    }
+    page.entities.push_back(std::move(row.blob));
+    return true;
+  };
+  CITYOS_ASSIGN_OR_RETURN(page.next_page_token,
+                          FillPageRows(fetch, std::move(cursor), size, matches, take,
+                                       fingerprint, path));
+  return page;
 }
 
 class SqliteStateStore;
@@ -486,14 +544,40 @@ class SqliteStateStore final : public StateStore {
   }
 
   absl::StatusOr<EntityPage> Query(const EntityFilter& filter, const PageRequest& page) override {
+    return QueryWith<EntityPage>(
+        filter, page.page_size, page.page_token, page.token_context,
+        [&](const FetchFn& fetch, std::string cursor, int size,
+            const std::function<bool(const Entity&)>& matches, std::string_view fingerprint) {
+          return FillPage(fetch, std::move(cursor), size, matches, page.visible, fingerprint,
+                          options_.path);
+        });
+  }
+
+  absl::StatusOr<SerializedEntityPage> QuerySerialized(
+      const EntityFilter& filter, const SerializedPageRequest& page) override {
+    return QueryWith<SerializedEntityPage>(
+        filter, page.page_size, page.page_token, page.token_context,
+        [&](const FetchFn& fetch, std::string cursor, int size,
+            const std::function<bool(const Entity&)>& matches, std::string_view fingerprint) {
+          return FillSerializedPage(fetch, std::move(cursor), size, matches, page.visible,
+                                    fingerprint, options_.path);
+        });
+  }
+
+ private:
+  // Query and QuerySerialized: the SQL side (snapshot, fetch, C++ filter),
+  // `fill` the page.
+  template <typename Page, typename Fill>
+  absl::StatusOr<Page> QueryWith(const EntityFilter& filter, int page_size,
+                                 const std::string& page_token, const std::string& token_context,
+                                 const Fill& fill) {
     if (filter.type().empty()) return absl::InvalidArgumentError("filter.type is required");
     CITYOS_RETURN_IF_ERROR(ValidateFilter(filter));
-    CITYOS_ASSIGN_OR_RETURN(int size, EffectivePageSize(page.page_size));
-    std::string fingerprint =
-        Fingerprint({"query", DeterministicBytes(filter), page.token_context});
+    CITYOS_ASSIGN_OR_RETURN(int size, EffectivePageSize(page_size));
+    std::string fingerprint = Fingerprint({"query", DeterministicBytes(filter), token_context});
     std::string cursor;  // every id is > "" (ids are never empty)
-    if (!page.page_token.empty()) {
-      CITYOS_ASSIGN_OR_RETURN(cursor, DecodePageToken(page.page_token, fingerprint));
+    if (!page_token.empty()) {
+      CITYOS_ASSIGN_OR_RETURN(cursor, DecodePageToken(page_token, fingerprint));
     }
 
     CITYOS_ASSIGN_OR_RETURN(ReaderLease reader, AcquireReader());
@@ -557,9 +641,14 @@ class SqliteStateStore final : public StateStore {
         return !e.type().empty() && MatchesFilter(filter, e);
       };
     }  // else SQL's `type=?1` is the whole filter: every row matches
-    return FillPage(fetch, std::move(cursor), size, matches, page.visible, fingerprint,
-                    options_.path);
+    absl::StatusOr<Page> result = fill(fetch, std::move(cursor), size, matches, fingerprint);
+    // A read transaction ends as cheaply with COMMIT as with the destructor's
+    // ROLLBACK; should it fail, the destructor still ends it.
+    (void)txn.Commit();
+    return result;
   }
+
+ public:
 
   absl::StatusOr<EntityPage> History(std::string_view type, std::string_view id, absl::Time from,
                                      absl::Time to, const PageRequest& page) override {
@@ -616,8 +705,10 @@ class SqliteStateStore final : public StateStore {
       }
       return absl::OkStatus();
     };
-    return FillPage(fetch, std::move(cursor), size, nullptr, page.visible, fingerprint,
-                    options_.path);
+    absl::StatusOr<EntityPage> result =
+        FillPage(fetch, std::move(cursor), size, nullptr, page.visible, fingerprint, options_.path);
+    (void)txn.Commit();  // ends the read transaction (see QueryWith)
+    return result;
   }
 
   absl::StatusOr<uint64_t> CountEntities() override {
@@ -745,6 +836,8 @@ class SqliteStateStore final : public StateStore {
   std::unique_ptr<Checkpointer> checkpointer_;
   absl::Mutex writer_mu_;
   const std::unique_ptr<SqliteConnection> writer_ ABSL_PT_GUARDED_BY(writer_mu_);
+  // Taken twice per read (borrow, return). An absl::Mutex so that
+  // ABSL_GUARDED_BY below is checked (thread-safety analysis).
   absl::Mutex readers_mu_;
   std::vector<std::unique_ptr<SqliteConnection>> idle_readers_ ABSL_GUARDED_BY(readers_mu_);
 };

@@ -23,6 +23,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "measure.h"
 #include "nats_server.h"
 #include "scenario.h"
@@ -223,4 +224,9 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace cityos::bench
 
-int main(int argc, char** argv) { return cityos::bench::Main(argc, argv); }
+int main(int argc, char** argv) {
+  // As the node runs (cityosd, the service mains): no absl::Mutex deadlock
+  // detection (docs/operations.md). Tests keep it on.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  return cityos::bench::Main(argc, argv);
+}
