@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -84,8 +85,7 @@ void DecisionAuditor::Record(std::string_view principal, std::string_view action
   key.append(decision.consent_id);
   const size_t hash = absl::Hash<absl::string_view>()(absl::string_view(key.data(), key.size()));
   Shard& shard = shards_[hash % kShards];
-  exchange::v1::AuditEntry due;
-  bool have_due = false;
+  std::optional<exchange::v1::AuditEntry> due;  // built only when a window closes
   {
     std::lock_guard<std::mutex> lock(shard.mu);
     auto it = shard.pending.find(absl::string_view(key.data(), key.size()));
@@ -101,13 +101,12 @@ void DecisionAuditor::Record(std::string_view principal, std::string_view action
       return;
     }
     // The window is over: write it and start a new one with this decision.
-    due = std::move(it->second.entry);
-    have_due = true;
+    due.emplace(std::move(it->second.entry));
     it->second = Pending{MakeEntry(principal, action, resource, purpose, data_subject, decision, now),
                          now};
     it->second.entry.set_count(count);
   }
-  if (have_due) Append(std::move(due));
+  if (due.has_value()) Append(*std::move(due));
 }
 
 void DecisionAuditor::FlushOlderThan(absl::Time cutoff) {

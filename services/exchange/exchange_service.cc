@@ -529,20 +529,21 @@ grpc::Status ExchangeServiceImpl::QueryToWire(grpc::ServerContextBase* context,
     // The decision needs the envelope attributes only: read off the bytes
     // (the attributes map, the bulk of an entity, is not parsed).
     EntityHeaderView view;
-    Entity parsed;
+    std::optional<Entity> parsed;  // only built when the header view fails
     ResourceView resource;
     bool own_obligations;
     if (view.Parse(stored)) {
       resource = view.Resource();
       own_obligations = view.has_obligations;
     } else {
-      if (!parsed.ParseFromArray(stored.data(), static_cast<int>(stored.size()))) {
+      parsed.emplace();
+      if (!parsed->ParseFromArray(stored.data(), static_cast<int>(stored.size()))) {
         // The store stops here with Query's DATA_LOSS for the row: nothing
         // after it is decided or audited.
         return SerializedVisibility::kUnreadable;
       }
-      resource = ResourceView::Of(parsed);
-      own_obligations = parsed.obligations_size() > 0;
+      resource = ResourceView::Of(*parsed);
+      own_obligations = parsed->obligations_size() > 0;
     }
     AccessRequest req{.principal = &who, .action = Action::kRead, .resource = resource,
                       .purpose = request->purpose()};
@@ -601,6 +602,11 @@ grpc::Status ExchangeServiceImpl::QueryToWire(grpc::ServerContextBase* context,
     slot = std::move(a);
     return *slot;
   };
+  // One allocation for the response in the common case: the stored bytes,
+  // their field headers and the token (obligations listed may add a little).
+  size_t expected = result->next_page_token.size() + 16;
+  for (const std::string& stored : result->entities) expected += stored.size() + 16;
+  response->reserve(response->size() + expected);
   std::string entity;
   for (size_t i = 0; i < result->entities.size(); ++i) {
     const std::string& stored = result->entities[i];

@@ -322,6 +322,7 @@ absl::StatusOr<std::string> FillPageRows(const FetchFn& fetch, std::string curso
   Entity entity;
   while (true) {
     rows.clear();
+    rows.reserve(limit);
     CITYOS_RETURN_IF_ERROR(fetch(cursor, limit, &rows));
     for (Row& row : rows) {
       if (full && !matches) {
@@ -385,6 +386,7 @@ absl::StatusOr<SerializedEntityPage> FillSerializedPage(
     const std::function<SerializedVisibility(std::string_view)>& visible,
     std::string_view fingerprint, std::string_view path) {
   SerializedEntityPage page;
+  page.entities.reserve(size);
   TakeFn take = [&](Row& row, Entity*) -> absl::StatusOr<bool> {
     if (visible) {
       switch (visible(row.blob)) {

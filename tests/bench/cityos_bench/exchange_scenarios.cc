@@ -100,10 +100,15 @@ absl::StatusOr<Event> BedEvent(const std::string& subject, const std::string& id
 // A response parsed in full, on an arena reset before each Read (how a
 // client that reads a busy stream keeps allocation down, as the carbon feed
 // does): Next() gives a fresh message for the next Read.
+// The arena's first block is owned here, so Reset() keeps it: a response that
+// fits in it costs no block malloc/free per call (larger ones add blocks,
+// freed at the next Reset).
 template <typename Response>
 class ResponseArena {
  public:
-  ResponseArena() : arena_(Options()) {}
+  ResponseArena()
+      : initial_block_(std::make_unique<char[]>(kInitialBlock)),
+        arena_(Options(initial_block_.get())) {}
   Response* Next() {
     arena_.Reset();
     message_ = google::protobuf::Arena::CreateMessage<Response>(&arena_);
@@ -112,12 +117,16 @@ class ResponseArena {
   const Response* operator->() const { return message_; }
 
  private:
-  static google::protobuf::ArenaOptions Options() {
+  static constexpr size_t kInitialBlock = 64 << 10;
+  static google::protobuf::ArenaOptions Options(char* initial_block) {
     google::protobuf::ArenaOptions o;
+    o.initial_block = initial_block;
+    o.initial_block_size = kInitialBlock;
     o.start_block_size = 64 << 10;
     o.max_block_size = 1 << 20;
     return o;
   }
+  std::unique_ptr<char[]> initial_block_;  // before arena_: outlives it
   google::protobuf::Arena arena_;
   Response* message_ = nullptr;
 };
