@@ -179,30 +179,99 @@ absl::StatusOr<Result> RunFanOut(BenchContext& ctx, int subscribers) {
 
 // ------------------------------------------------------------ durable append
 
-absl::StatusOr<Result> RunDurable(BenchContext& ctx, Durability mode,
-                                  int publishers) {
-  const std::string subject = "bench.durable.reading.zone1";
-  absl::StatusOr<Event> event = ctx.SampleEvent(subject);
+// A bus with one stream capturing bench.durable.> at `mode`, and the shared
+// sample event its publishers send.
+struct DurableBench {
+  std::shared_ptr<const Event> event;
+  std::unique_ptr<ScopedBus> scoped;
+  Bus& bus() { return *scoped->bus(); }
+};
+
+absl::StatusOr<DurableBench> OpenDurableBench(BenchContext& ctx, Durability mode,
+                                              const char* dir_prefix) {
+  absl::StatusOr<Event> event = ctx.SampleEvent("bench.durable.reading.zone1");
   if (!event.ok()) return event.status();
-  const auto shared = std::make_shared<const Event>(*event);
   absl::StatusOr<std::unique_ptr<ScopedBus>> scoped =
-      ScopedBus::Open(ctx, absl::StrCat("durable-", DurabilityName(mode)));
+      ScopedBus::Open(ctx, absl::StrCat(dir_prefix, DurabilityName(mode)));
   if (!scoped.ok()) return scoped.status();
-  Bus& bus = *(*scoped)->bus();
-  absl::StatusOr<StreamInfo> stream = bus.CreateStream(
+  absl::StatusOr<StreamInfo> stream = (*scoped)->bus()->CreateStream(
       BenchPrincipal(),
       {.name = "bench", .subjects = {"bench.durable.>"}, .durability = mode});
   if (!stream.ok()) return stream.status();
+  return DurableBench{std::make_shared<const Event>(*std::move(event)),
+                      *std::move(scoped)};
+}
+
+// What the acknowledgements of durable publishes add up to: each batch's
+// latency from `since`, the events acknowledged, the last acknowledgement's
+// time and the first error. Thread-safe.
+class AckTally {
+ public:
+  explicit AckTally(size_t batches) : latency_(batches) {}
+
+  void Done(const absl::StatusOr<std::vector<PublishResult>>& r, size_t events,
+            int64_t since) {
+    const int64_t now = NowNanos();
+    if (!r.ok()) {
+      absl::MutexLock lock(&mu_);
+      if (first_error_.ok()) first_error_ = r.status();
+      return;
+    }
+    latency_.Add(now - since);  // every event of the batch waited this long
+    acked_ += events;
+    int64_t prev = last_ack_.load();
+    while (prev < now && !last_ack_.compare_exchange_weak(prev, now)) {
+    }
+  }
+
+  // Once every publisher is done: the first error, else sorts the latencies.
+  absl::Status Finish() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (!first_error_.ok()) return first_error_;
+    }
+    latency_.Finish();
+    return absl::OkStatus();
+  }
+
+  uint64_t acked() const { return acked_.load(); }
+  int64_t last_ack() const { return last_ack_.load(); }
+  const LatencySamples& latency() const { return latency_; }
+
+ private:
+  LatencySamples latency_;
+  std::atomic<uint64_t> acked_{0};
+  std::atomic<int64_t> last_ack_{0};
+  absl::Mutex mu_;
+  absl::Status first_error_ ABSL_GUARDED_BY(mu_);
+};
+
+// The fields every durable scenario reports after its own: run time and the
+// whole process's CPU (publishers, the log's threads, the bus) per event.
+void AddDurableRunFields(nlohmann::ordered_json& out, Durability mode,
+                         size_t event_bytes, uint64_t acked, int64_t nanos,
+                         double cpu_seconds) {
+  out["durability"] = DurabilityName(mode);
+  out["event_bytes"] = event_bytes;
+  out["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
+  out["cpu_us_per_event"] = Round(
+      cpu_seconds * 1e6 / static_cast<double>(std::max<uint64_t>(acked, 1)), 3);
+  out["cores_used"] = Round(
+      cpu_seconds * 1e9 / static_cast<double>(std::max<int64_t>(nanos, 1)), 2);
+}
+
+absl::StatusOr<Result> RunDurable(BenchContext& ctx, Durability mode,
+                                  int publishers) {
+  absl::StatusOr<DurableBench> bench = OpenDurableBench(ctx, mode, "durable-");
+  if (!bench.ok()) return bench.status();
+  Bus& bus = bench->bus();
+  const std::shared_ptr<const Event>& shared = bench->event;
 
   const BenchOptions& o = ctx.options();
   const uint64_t per_publisher = std::max<uint64_t>(1, o.events / publishers);
   const size_t batches_per_publisher =
       static_cast<size_t>((per_publisher + o.batch - 1) / o.batch);
-  LatencySamples latency(batches_per_publisher * publishers);
-  std::atomic<uint64_t> acked{0};
-  std::atomic<int64_t> last_ack{0};
-  absl::Mutex mu;
-  absl::Status first_error;
+  AckTally tally(batches_per_publisher * publishers);
 
   const double cpu0 = ProcessCpuSeconds();
   const int64_t start = NowNanos();
@@ -220,19 +289,7 @@ absl::StatusOr<Result> RunDurable(BenchContext& ctx, Durability mode,
         bus.PublishSharedAsync(
             BenchPrincipal(), SharedBatch(shared, n),
             [&, n, t0](absl::StatusOr<std::vector<PublishResult>> r) {
-              const int64_t now = NowNanos();
-              if (r.ok()) {
-                // Every event of the batch waited this long.
-                latency.Add(now - t0);
-                acked += n;
-                int64_t prev = last_ack.load();
-                while (prev < now &&
-                       !last_ack.compare_exchange_weak(prev, now)) {
-                }
-              } else {
-                absl::MutexLock lock(&mu);
-                if (first_error.ok()) first_error = r.status();
-              }
+              tally.Done(r, n, t0);
               window.Release();
             });
         sent += n;
@@ -242,27 +299,16 @@ absl::StatusOr<Result> RunDurable(BenchContext& ctx, Durability mode,
   }
   for (std::thread& t : threads) t.join();
   const double cpu = ProcessCpuSeconds() - cpu0;
-  {
-    absl::MutexLock lock(&mu);
-    if (!first_error.ok()) return first_error;
-  }
-  latency.Finish();
+  if (absl::Status s = tally.Finish(); !s.ok()) return s;
   Result r;
-  const int64_t nanos = last_ack.load() - start;
-  r.value = Round(Rate(acked.load(), nanos), 0);
-  latency.AddTo(r.extra);
-  r.extra["events"] = acked.load();
+  const int64_t nanos = tally.last_ack() - start;
+  r.value = Round(Rate(tally.acked(), nanos), 0);
+  tally.latency().AddTo(r.extra);
+  r.extra["events"] = tally.acked();
   r.extra["publishers"] = publishers;
   r.extra["batch"] = o.batch;
   r.extra["window"] = o.window;
-  r.extra["durability"] = DurabilityName(mode);
-  r.extra["event_bytes"] = o.event_bytes;
-  r.extra["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
-  // The whole process (publishers, the log's threads, the bus) over the run.
-  r.extra["cpu_us_per_event"] = Round(
-      cpu * 1e6 / static_cast<double>(std::max<uint64_t>(acked.load(), 1)), 3);
-  r.extra["cores_used"] =
-      Round(cpu * 1e9 / static_cast<double>(std::max<int64_t>(nanos, 1)), 2);
+  AddDurableRunFields(r.extra, mode, o.event_bytes, tally.acked(), nanos, cpu);
   return r;
 }
 
@@ -304,18 +350,10 @@ void SleepUntilNanos(int64_t nanos) {
 // of every late batch (no coordinated omission).
 absl::StatusOr<Result> RunDurablePaced(BenchContext& ctx, Durability mode,
                                        int publishers, double rate) {
-  const std::string subject = "bench.durable.reading.zone1";
-  absl::StatusOr<Event> event = ctx.SampleEvent(subject);
-  if (!event.ok()) return event.status();
-  const auto shared = std::make_shared<const Event>(*event);
-  absl::StatusOr<std::unique_ptr<ScopedBus>> scoped = ScopedBus::Open(
-      ctx, absl::StrCat("paced-", DurabilityName(mode)));
-  if (!scoped.ok()) return scoped.status();
-  Bus& bus = *(*scoped)->bus();
-  absl::StatusOr<StreamInfo> stream = bus.CreateStream(
-      BenchPrincipal(),
-      {.name = "bench", .subjects = {"bench.durable.>"}, .durability = mode});
-  if (!stream.ok()) return stream.status();
+  absl::StatusOr<DurableBench> bench = OpenDurableBench(ctx, mode, "paced-");
+  if (!bench.ok()) return bench.status();
+  Bus& bus = bench->bus();
+  const std::shared_ptr<const Event>& shared = bench->event;
 
   const BenchOptions& o = ctx.options();
   const size_t batch = o.batch;
@@ -328,12 +366,8 @@ absl::StatusOr<Result> RunDurablePaced(BenchContext& ctx, Durability mode,
   const uint64_t by_events = std::max<uint64_t>(
       1, o.events / (static_cast<uint64_t>(publishers) * batch));
   const uint64_t batches = std::max<uint64_t>(1, std::min(by_time, by_events));
-  LatencySamples latency(batches * publishers);
+  AckTally tally(batches * publishers);
   LatencySamples send_lag(batches * publishers);
-  std::atomic<uint64_t> acked{0};
-  std::atomic<int64_t> last_ack{0};
-  absl::Mutex mu;
-  absl::Status first_error;
 
   const double cpu0 = ProcessCpuSeconds();
   const int64_t start = NowNanos() + 2'000'000;  // every thread started
@@ -351,19 +385,7 @@ absl::StatusOr<Result> RunDurablePaced(BenchContext& ctx, Durability mode,
         bus.PublishSharedAsync(
             BenchPrincipal(), SharedBatch(shared, batch),
             [&, scheduled](absl::StatusOr<std::vector<PublishResult>> r) {
-              const int64_t now = NowNanos();
-              if (r.ok()) {
-                // Every event of the batch waited this long.
-                latency.Add(now - scheduled);
-                acked += batch;
-                int64_t prev = last_ack.load();
-                while (prev < now &&
-                       !last_ack.compare_exchange_weak(prev, now)) {
-                }
-              } else {
-                absl::MutexLock lock(&mu);
-                if (first_error.ok()) first_error = r.status();
-              }
+              tally.Done(r, batch, scheduled);
               window.Release();
             });
       }
@@ -372,17 +394,13 @@ absl::StatusOr<Result> RunDurablePaced(BenchContext& ctx, Durability mode,
   }
   for (std::thread& t : threads) t.join();
   const double cpu = ProcessCpuSeconds() - cpu0;
-  {
-    absl::MutexLock lock(&mu);
-    if (!first_error.ok()) return first_error;
-  }
-  latency.Finish();
+  if (absl::Status s = tally.Finish(); !s.ok()) return s;
   send_lag.Finish();
   const uint64_t offered_events = batches * batch * publishers;
   // The schedule spans (batches - 1) intervals plus the last publisher's
   // phase; the achieved rate runs to the last acknowledgement.
-  const int64_t nanos = last_ack.load() - start;
-  const double achieved = Rate(acked.load(), nanos);
+  const int64_t nanos = tally.last_ack() - start;
+  const double achieved = Rate(tally.acked(), nanos);
   Result r;
   r.value = Round(achieved, 0);
   r.extra["load"] =
@@ -394,22 +412,16 @@ absl::StatusOr<Result> RunDurablePaced(BenchContext& ctx, Durability mode,
   // Short of the offered rate (beyond 1 %), or events not all acknowledged:
   // the bus did not keep up and the latencies are those of a growing queue.
   r.extra["kept_up"] =
-      acked.load() == offered_events && achieved >= 0.99 * rate;
-  latency.AddTo(r.extra);
+      tally.acked() == offered_events && achieved >= 0.99 * rate;
+  tally.latency().AddTo(r.extra);
   send_lag.AddTo(r.extra, "send_lag_");
-  r.extra["events"] = acked.load();
+  r.extra["events"] = tally.acked();
   r.extra["offered_events"] = offered_events;
   r.extra["publishers"] = publishers;
   r.extra["batch"] = batch;
   r.extra["publisher_interval_us"] = Round(interval_ns / 1e3, 1);
   r.extra["max_in_flight_per_publisher"] = kPacedMaxInFlight;
-  r.extra["durability"] = DurabilityName(mode);
-  r.extra["event_bytes"] = o.event_bytes;
-  r.extra["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
-  r.extra["cpu_us_per_event"] = Round(
-      cpu * 1e6 / static_cast<double>(std::max<uint64_t>(acked.load(), 1)), 3);
-  r.extra["cores_used"] =
-      Round(cpu * 1e9 / static_cast<double>(std::max<int64_t>(nanos, 1)), 2);
+  AddDurableRunFields(r.extra, mode, o.event_bytes, tally.acked(), nanos, cpu);
   return r;
 }
 
