@@ -178,8 +178,7 @@ TEST(EntityHeaderView, RefusesNonCanonicalBytes) {
   };
   auto varint = [](uint32_t number, uint64_t v) {
     std::string out;
-    AppendVarint(wire::MakeTag(number, wire::kVarint), &out);
-    AppendVarint(v, &out);
+    wire::AppendVarintField(number, v, &out);
     return out;
   };
   EntityHeaderView view;
@@ -408,6 +407,20 @@ class QueryWireTest : public ::testing::Test {
     return out;
   }
 
+  // One page of `type` through the byte path, parsed.
+  QueryResponse WireQuery(const std::string& type, const std::string& purpose) {
+    QueryRequest req;
+    req.mutable_filter()->set_type(type);
+    req.set_purpose(purpose);
+    grpc::ServerContext ctx;
+    std::string bytes;
+    QueryResponse r;
+    grpc::Status st = service_->QueryToWire(&ctx, &req, &bytes);
+    EXPECT_TRUE(st.ok()) << st.error_message();
+    EXPECT_TRUE(r.ParseFromString(bytes));
+    return r;
+  }
+
   // Pages through `type` both ways and compares every page.
   void ComparePages(const std::string& type, const std::string& purpose, int expected_entities) {
     QueryRequest req;
@@ -479,14 +492,7 @@ class QueryWireTest : public ::testing::Test {
 TEST_F(QueryWireTest, NestedRedactionSameAsProtobufBuilt) {
   ComparePages("cityos.health.v1.ElderlyCareAlert", "medical_care", 11);
   // And the redaction did happen.
-  QueryRequest req;
-  req.mutable_filter()->set_type("cityos.health.v1.ElderlyCareAlert");
-  req.set_purpose("medical_care");
-  grpc::ServerContext ctx;
-  std::string bytes;
-  ASSERT_TRUE(service_->QueryToWire(&ctx, &req, &bytes).ok());
-  QueryResponse r;
-  ASSERT_TRUE(r.ParseFromString(bytes));
+  const QueryResponse r = WireQuery("cityos.health.v1.ElderlyCareAlert", "medical_care");
   ASSERT_EQ(r.entities_size(), 11);
   for (const Entity& e : r.entities()) {
     EXPECT_FALSE(e.attributes().contains("message"));
@@ -497,13 +503,36 @@ TEST_F(QueryWireTest, NestedRedactionSameAsProtobufBuilt) {
   }
 }
 
+// Whether every entry of every entity's `energy` list has `quantity`; the
+// lists are checked to be there, three entries each.
+void ExpectEnergyQuantities(const QueryResponse& r, bool present) {
+  ASSERT_EQ(r.entities_size(), 11);
+  for (const Entity& e : r.entities()) {
+    ASSERT_TRUE(e.attributes().contains("energy"));
+    const auto& entries = e.attributes().at("energy").list_value().values();
+    ASSERT_EQ(entries.size(), 3);
+    for (const auto& v : entries) {
+      EXPECT_EQ(v.map_value().fields().contains("quantity"), present);
+      EXPECT_TRUE(v.map_value().fields().contains("unit"));
+    }
+  }
+}
+
 TEST_F(QueryWireTest, RepeatedRedactionSameAsProtobufBuilt) {
   ComparePages("cityos.carbon.v1.EmissionTotal", "carbon_accounting", 11);
+  // And the redaction did happen, in every entry of the list.
+  const QueryResponse r = WireQuery("cityos.carbon.v1.EmissionTotal", "carbon_accounting");
+  ExpectEnergyQuantities(r, /*present=*/false);
+  for (const Entity& e : r.entities()) EXPECT_EQ(e.obligations_size(), 1);
 }
 
 TEST_F(QueryWireTest, NoObligationsSameAsProtobufBuilt) {
   caller_ = *Principal::FromSpiffeId("spiffe://test.city/org/auditor-org/svc/app");
   ComparePages("cityos.carbon.v1.EmissionTotal", "carbon_accounting", 11);
+  // And nothing was taken out.
+  const QueryResponse r = WireQuery("cityos.carbon.v1.EmissionTotal", "carbon_accounting");
+  ExpectEnergyQuantities(r, /*present=*/true);
+  for (const Entity& e : r.entities()) EXPECT_EQ(e.obligations_size(), 0);
 }
 
 TEST_F(QueryWireTest, TokensInterchangeAndDenialsAgree) {
