@@ -13,7 +13,7 @@ namespace {
 
 constexpr uint64_t kMaxEventBytesLimit = 64ull << 20;
 constexpr int64_t kMaxLiveQueueDepth = int64_t{1} << 24;
-constexpr int64_t kMaxReaderSpinUs = 10000;  // BusOptions::reader_spin's limit
+const int64_t kMaxReaderSpinUs = absl::ToInt64Microseconds(BusOptions::kMaxReaderSpin);
 
 bool ValidStreamName(const std::string& name) {
   if (name.empty() || name.size() > 64) return false;

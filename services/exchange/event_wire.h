@@ -122,10 +122,6 @@ class EntityWireRedaction {
   std::vector<std::vector<std::string>> paths_;
 };
 
-// Serialized-response writing: cityos/wire.h (AppendVarint kept here by name
-// for the response's `missed` field).
-using wire::AppendVarint;
-
 // One cityos.exchange.v1.ExchangeDelivery as field 1 of a SubscribeResponse
 // (`out` appended): the event bytes, publish_time, the decision (serialized
 // cityos.exchange.v1.Decision) and, when `stream` is not empty, the resume

@@ -467,8 +467,7 @@ grpc::Status SubscriptionHub::Serve(grpc::ServerContext* context, const Principa
   uint64_t out_missed = 0;
   auto send = [&]() -> bool {
     if (out_missed > 0) {
-      AppendVarint((2 << 3) | 0, &out);
-      AppendVarint(out_missed, &out);
+      wire::AppendVarintField(2, out_missed, &out);  // SubscribeResponse.missed
     }
     const bool written = sink->Write(out);
     out.clear();

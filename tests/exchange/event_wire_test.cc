@@ -125,8 +125,7 @@ TEST(AppendDelivery, IsWhatProtobufSerializes) {
         const std::string event_bytes = e.SerializeAsString();
         AppendDelivery(event_bytes, t, decision_bytes, stream, 1, &got);
         AppendDelivery(event_bytes, t, decision_bytes, stream, 1234567890123, &got);
-        AppendVarint((2 << 3) | 0, &got);
-        AppendVarint(3, &got);
+        wire::AppendVarintField(2, 3, &got);  // missed
         exchange::v1::SubscribeResponse parsed;
         ASSERT_TRUE(parsed.ParseFromString(got));
         EXPECT_TRUE(google::protobuf::util::MessageDifferencer::Equals(parsed, want)) << stream;

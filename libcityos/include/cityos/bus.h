@@ -278,8 +278,8 @@ struct BusOptions {
   absl::Duration housekeeping_interval = absl::Seconds(1);
   // The longest a live subscriber's Next() spins (checking its queue on a
   // CPU) before it sleeps, to take a publisher's next batch without a
-  // futex wake-up. Zero (or less) never spins; more than 10 ms counts as
-  // 10 ms. Adaptive: a spin that finds nothing halves the next one, down to
+  // futex wake-up. Zero (or less) never spins; more than kMaxReaderSpin
+  // counts as kMaxReaderSpin. Adaptive: a spin that finds nothing halves the next one, down to
   // no spin (re-probed now and then); one that finds events restores this.
   // Spinning happens only while the process's live subscriptions that have
   // waited in Next() (and are not closed) number at most the usable CPUs - 1
@@ -287,6 +287,7 @@ struct BusOptions {
   // most that many spin at once: with one usable CPU nothing spins.
   // Default: 50 us.
   absl::Duration reader_spin = absl::Microseconds(50);
+  static constexpr absl::Duration kMaxReaderSpin = absl::Milliseconds(10);
 };
 
 class Bus {

@@ -93,8 +93,6 @@ struct LiveQueueSpin {
   // with the shortest).
   static constexpr int64_t kMinSpinNanos = 2'000;
   static constexpr uint32_t kProbeEvery = 64;
-  // The longest spin accepted from BusOptions::reader_spin.
-  static constexpr int64_t kMaxSpinLimitNanos = 10'000'000;
 };
 
 class LiveQueue {
@@ -102,14 +100,15 @@ class LiveQueue {
   // `dropped` counts events dropped because the queue was full (for the
   // process metrics); a default Counter counts nothing. `reader_spin` is the
   // longest spin before the reader sleeps (BusOptions::reader_spin; zero or
-  // less never spins, more than 10 ms counts as 10 ms).
+  // less never spins, more than BusOptions::kMaxReaderSpin counts as that).
   explicit LiveQueue(size_t capacity, Counter dropped = Counter(),
                      absl::Duration reader_spin = absl::Microseconds(50))
       : capacity_(capacity),
         ring_(capacity),
         dropped_(dropped),
-        max_spin_nanos_(std::clamp<int64_t>(absl::ToInt64Nanoseconds(reader_spin), 0,
-                                            LiveQueueSpin::kMaxSpinLimitNanos)),
+        max_spin_nanos_(std::clamp<int64_t>(
+            absl::ToInt64Nanoseconds(reader_spin), 0,
+            absl::ToInt64Nanoseconds(BusOptions::kMaxReaderSpin))),
         min_spin_nanos_(std::min(max_spin_nanos_, LiveQueueSpin::kMinSpinNanos)),
         spin_nanos_(max_spin_nanos_) {}
 

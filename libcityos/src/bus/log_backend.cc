@@ -32,7 +32,6 @@
 #include "cityos/subject.h"
 #include "core/file_util.h"
 #include "core/strings.h"
-#include "log/log_format.h"
 #include "log/segmented_log.h"
 
 namespace cityos {
