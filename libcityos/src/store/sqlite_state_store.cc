@@ -308,6 +308,13 @@ using FetchFn = std::function<absl::Status(const std::string& after, int limit,
 // re-examines anything.
 using TakeFn = std::function<absl::StatusOr<bool>(Row& row, Entity* parsed)>;
 
+// The error of a stored row that does not parse: it ends the query (every
+// page path says the same).
+absl::Status UnparsableRow(std::string_view path, std::string_view key) {
+  return absl::DataLossError(
+      absl::StrFormat("entity store %s: stored state %s does not parse", path, key));
+}
+
 absl::StatusOr<std::string> FillPageRows(const FetchFn& fetch, std::string cursor, int size,
                                          const std::function<bool(const Entity&)>& matches,
                                          const TakeFn& take, std::string_view fingerprint,
@@ -333,8 +340,7 @@ absl::StatusOr<std::string> FillPageRows(const FetchFn& fetch, std::string curso
       if (matches) {
         entity.Clear();
         if (!entity.ParseFromString(row.blob)) {
-          return absl::DataLossError(
-              absl::StrFormat("entity store %s: stored state %s does not parse", path, row.key));
+          return UnparsableRow(path, row.key);
         }
         if (!matches(entity)) {
           cursor = std::move(row.key);
@@ -365,8 +371,7 @@ absl::StatusOr<EntityPage> FillPage(const FetchFn& fetch, std::string cursor, in
     if (parsed != nullptr) {
       entity.Swap(parsed);
     } else if (!entity.ParseFromString(row.blob)) {
-      return absl::DataLossError(
-          absl::StrFormat("entity store %s: stored state %s does not parse", path, row.key));
+      return UnparsableRow(path, row.key);
     }
     if (visible && !visible(entity)) return false;
     page.entities.push_back(std::move(entity));
@@ -396,8 +401,7 @@ absl::StatusOr<SerializedEntityPage> FillSerializedPage(
           return false;
         case SerializedVisibility::kUnreadable:
           // As FillPage: the first row that does not parse ends the query.
-          return absl::DataLossError(absl::StrFormat(
-              "entity store %s: stored state %s does not parse", path, row.key));
+          return UnparsableRow(path, row.key);
       }
     }
     page.entities.push_back(std::move(row.blob));
