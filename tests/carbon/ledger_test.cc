@@ -164,6 +164,34 @@ class LedgerTest : public ::testing::Test {
   }
 
   // Total of an account over one period of `g` containing `t`.
+  // An account's emission records as stored, serialized, by record id.
+  std::map<std::string, std::string> RecordsById(const std::string& account) {
+    v1::ListEmissionRecordsRequest req;
+    req.set_account_id(account);
+    req.set_page_size(1000);
+    auto got = ledger_->ListRecords(req);
+    EXPECT_TRUE(got.ok()) << got.status();
+    std::map<std::string, std::string> out;
+    if (!got.ok()) return out;
+    for (const v1::EmissionRecord& rec : got->records())
+      out[rec.record_id()] = rec.SerializeAsString();
+    return out;
+  }
+
+  // `got` holds exactly the records of `want`, field for field.
+  static void ExpectSameRecords(const std::map<std::string, std::string>& want,
+                                const std::map<std::string, std::string>& got) {
+    ASSERT_EQ(got.size(), want.size());
+    for (const auto& [id, bytes] : want) {
+      auto it = got.find(id);
+      ASSERT_NE(it, got.end()) << id;
+      v1::EmissionRecord a, b;
+      ASSERT_TRUE(a.ParseFromString(bytes));
+      ASSERT_TRUE(b.ParseFromString(it->second));
+      EXPECT_EQ(a.DebugString(), b.DebugString()) << id;
+    }
+  }
+
   v1::EmissionTotal Total(const std::string& account, v1::Granularity g,
                           absl::Time t, bool as_reported = false) {
     Period p = PeriodOf(t, g, tz_);
@@ -934,31 +962,12 @@ TEST_F(LedgerTest, ManyRecordsInOneWriteReadBackExactly) {
   std::map<std::string, std::string> want;
   for (const v1::EmissionRecord& rec : r.records)
     want[rec.record_id()] = rec.SerializeAsString();
-  auto read_back = [&] {
-    v1::ListEmissionRecordsRequest req;
-    req.set_account_id("quzhou-steel");
-    req.set_page_size(1000);
-    auto got = ledger_->ListRecords(req);
-    EXPECT_TRUE(got.ok()) << got.status();
-    std::map<std::string, std::string> out;
-    if (!got.ok()) return out;
-    for (const v1::EmissionRecord& rec : got->records())
-      out[rec.record_id()] = rec.SerializeAsString();
-    return out;
-  };
-  std::map<std::string, std::string> got = read_back();
-  ASSERT_EQ(got.size(), want.size());
-  for (const auto& [id, bytes] : want) {
-    ASSERT_TRUE(got.count(id)) << id;
-    v1::EmissionRecord a, b;
-    ASSERT_TRUE(a.ParseFromString(bytes));
-    ASSERT_TRUE(b.ParseFromString(got[id]));
-    EXPECT_EQ(a.DebugString(), b.DebugString()) << id;
-  }
+  const std::map<std::string, std::string> got = RecordsById("quzhou-steel");
+  ExpectSameRecords(want, got);
   const v1::EmissionTotal before =
       Total("quzhou-steel", v1::GRANULARITY_DAY, t0);
   Reopen();
-  EXPECT_EQ(read_back(), got);
+  EXPECT_EQ(RecordsById("quzhou-steel"), got);
   // The replay adds the records up in another order than ingest did: the
   // sums may differ in the last bits.
   const v1::EmissionTotal after = Total("quzhou-steel", v1::GRANULARITY_DAY, t0);
@@ -990,32 +999,9 @@ TEST_F(LedgerTest, RecordsWrittenBackwardsInTimeReadBackExactly) {
       want[rec.record_id()] = rec.SerializeAsString();
   }
   ASSERT_TRUE(ledger_->Flush().ok());
-  auto read_back = [&] {
-    v1::ListEmissionRecordsRequest req;
-    req.set_account_id("quzhou-steel");
-    req.set_page_size(1000);
-    auto got = ledger_->ListRecords(req);
-    EXPECT_TRUE(got.ok()) << got.status();
-    std::map<std::string, std::string> out;
-    if (!got.ok()) return out;
-    for (const v1::EmissionRecord& rec : got->records())
-      out[rec.record_id()] = rec.SerializeAsString();
-    return out;
-  };
-  auto check = [&](const std::map<std::string, std::string>& got) {
-    ASSERT_EQ(got.size(), want.size());
-    for (const auto& [id, bytes] : want) {
-      auto it = got.find(id);
-      ASSERT_NE(it, got.end()) << id;
-      v1::EmissionRecord a, b;
-      ASSERT_TRUE(a.ParseFromString(bytes));
-      ASSERT_TRUE(b.ParseFromString(it->second));
-      EXPECT_EQ(a.DebugString(), b.DebugString()) << id;
-    }
-  };
-  check(read_back());
+  ExpectSameRecords(want, RecordsById("quzhou-steel"));
   Reopen();
-  check(read_back());
+  ExpectSameRecords(want, RecordsById("quzhou-steel"));
 }
 
 TEST_F(LedgerTest, ReopenRestoresEverything) {
