@@ -1042,7 +1042,11 @@ TEST(SegmentedLog, FsyncHidesWrittenRecordsUntilSyncedAcrossRollOvers) {
         for (int k = 0; k < 5000 && SegmentBytesIn(dir.path()) == empty; ++k) {
           absl::SleepFor(absl::Milliseconds(1));
         }
-        absl::SleepFor(absl::Milliseconds(5));  // the syncer holds it
+        // The syncer has taken 3's group and is held before its sync.
+        for (int k = 0; k < 5000 && SegmentedLog::SyncsHeldForTest() == 0; ++k) {
+          absl::SleepFor(absl::Milliseconds(1));
+        }
+        ASSERT_EQ(SegmentedLog::SyncsHeldForTest(), 1);
       }
       if (i == 44) wait_for_files(2);
       const std::string_view v[] = {payloads[i - 3]};

@@ -1174,6 +1174,7 @@ struct SegmentedLog::TestPause {
   std::atomic<bool> set{false};
   absl::Mutex mu;
   bool paused ABSL_GUARDED_BY(mu) = false;
+  int waiting ABSL_GUARDED_BY(mu) = 0;  // syncers held by the pause
 };
 
 SegmentedLog::TestPause& SegmentedLog::Pause() {
@@ -1186,6 +1187,12 @@ void SegmentedLog::PauseSyncsForTest(bool pause) {
   absl::MutexLock l(&p.mu);
   p.paused = pause;
   p.set.store(pause, std::memory_order_relaxed);
+}
+
+int SegmentedLog::SyncsHeldForTest() {
+  TestPause& p = Pause();
+  absl::MutexLock l(&p.mu);
+  return p.waiting;
 }
 
 void SegmentedLog::SyncerLoop() {
@@ -1220,8 +1227,10 @@ void SegmentedLog::SyncerLoop() {
       TestPause& p = Pause();
       if (p.set.load(std::memory_order_relaxed)) {
         absl::MutexLock l(&p.mu);
+        ++p.waiting;
         p.mu.Await(absl::Condition(
             +[](bool* paused) { return !*paused; }, &p.paused));
+        --p.waiting;
       }
     }
     bool ack;

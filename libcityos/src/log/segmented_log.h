@@ -299,6 +299,8 @@ class SegmentedLog {
   // has written records to sync waits before its fdatasync (so a test can
   // look at what readers see of written but unsynced records).
   static void PauseSyncsForTest(bool pause);
+  // Test hook: how many syncers PauseSyncsForTest holds right now.
+  static int SyncsHeldForTest();
   // Test hook: the next `n` fdatasyncs of a segment fail with EIO (as Linux
   // reports a writeback error once per open file, to whichever call checks
   // first).
