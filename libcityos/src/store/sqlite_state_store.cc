@@ -131,6 +131,8 @@ constexpr char kInsertHistory[] =
     "INSERT INTO history(type, id, version, observed_ns, blob) VALUES(?1, ?2, ?3, ?4, ?5)";
 constexpr char kTrimHistory[] = "DELETE FROM history WHERE type=?1 AND id=?2 AND version<=?3";
 constexpr char kGetEntity[] = "SELECT id, blob FROM entities WHERE type=?1 AND id=?2";
+// A listing by type alone, in id order from `?2` on (exclusive).
+constexpr char kListByType[] = "SELECT id, blob FROM entities WHERE type=?1 AND id>?2 ORDER BY id";
 constexpr char kCountEntities[] = "SELECT COUNT(*) FROM entities";
 
 // Nanoseconds since the epoch, saturating (timestamps beyond 1677..2262 only
@@ -589,14 +591,50 @@ class SqliteStateStore final : public StateStore {
     CITYOS_ASSIGN_OR_RETURN(ReaderLease reader, AcquireReader());
     SqliteConnection* db = reader.get();
     // One snapshot for the whole page: each entity is returned in its state
-    // when its page was read.
-    CITYOS_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, "BEGIN"));
+    // when its page was read. A listing by type alone is one statement,
+    // stepped as far as the page needs (below): its own read transaction is
+    // that snapshot. Every other listing runs several statements (a fetch
+    // round each) inside one read transaction.
+    Narrowing narrowing;
+    if (filter.ids_size() == 0) narrowing = NarrowingOf(filter);
+    const bool streamed = filter.ids_size() == 0 && narrowing.where.empty();
+    std::optional<Transaction> txn;
+    if (!streamed) {
+      CITYOS_ASSIGN_OR_RETURN(Transaction begun, Transaction::Begin(db, "BEGIN"));
+      txn.emplace(std::move(begun));
+    }
 
     FetchFn fetch;
     std::vector<std::string> ids;
-    Narrowing narrowing;
     std::string sql;
-    if (filter.ids_size() > 0) {
+    // The streamed listing's statement, prepared by the first fetch round
+    // and stepped on by the next ones (each continues after the last row the
+    // previous one returned, which is the round's `after`); reset when the
+    // page is done, which ends its read transaction.
+    std::optional<Statement> listing;
+    bool listing_done = false;
+    if (streamed) {
+      // The primary key (type, id) is the listing's order: the rows stream
+      // out of it, nothing is sorted, so no LIMIT is needed.
+      fetch = [&](const std::string& after, int limit, std::vector<Row>* rows) -> absl::Status {
+        if (!listing.has_value()) {
+          CITYOS_ASSIGN_OR_RETURN(Statement stmt, db->Prepare(kListByType));
+          stmt.BindText(1, filter.type());
+          stmt.BindText(2, after);
+          listing.emplace(std::move(stmt));
+        }
+        for (int n = 0; n < limit && !listing_done; ++n) {
+          CITYOS_ASSIGN_OR_RETURN(bool row, listing->Step("query entities"));
+          if (!row) {
+            listing_done = true;
+            break;
+          }
+          rows->push_back(
+              Row{std::string(listing->ColumnText(0)), std::string(listing->ColumnBlob(1))});
+        }
+        return absl::OkStatus();
+      };
+    } else if (filter.ids_size() > 0) {
       // Point lookups of the listed ids in id order: the primary key does the
       // work, MatchesFilter the rest.
       ids.assign(filter.ids().begin(), filter.ids().end());
@@ -617,7 +655,6 @@ class SqliteStateStore final : public StateStore {
         return absl::OkStatus();
       };
     } else {
-      narrowing = NarrowingOf(filter);
       sql = absl::StrCat("SELECT id, blob FROM entities WHERE type=?1 AND id>?2",
                          narrowing.where, " ORDER BY id LIMIT ?3");
       fetch = [&](const std::string& after, int limit, std::vector<Row>* rows) -> absl::Status {
@@ -649,8 +686,9 @@ class SqliteStateStore final : public StateStore {
     }  // else SQL's `type=?1` is the whole filter: every row matches
     absl::StatusOr<Page> result = fill(fetch, std::move(cursor), size, matches, fingerprint);
     // A read transaction ends as cheaply with COMMIT as with the destructor's
-    // ROLLBACK; should it fail, the destructor still ends it.
-    (void)txn.Commit();
+    // ROLLBACK; should it fail, the destructor still ends it. The streamed
+    // listing's ends when its statement is reset (destroyed).
+    if (txn.has_value()) (void)txn->Commit();
     return result;
   }
 
