@@ -218,6 +218,11 @@ class ExchangeStack {
     grpc::ChannelArguments args;
     args.SetInt("grpc.use_local_subchannel_pool", 1);
     args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
+    // gRPC's transparent retries are on by default and keep a copy of every
+    // call's sent messages, in case a retry needs them; a client that does
+    // not retry turns them off (docs/operations.md), which saves about 2 us
+    // of client CPU per Query here.
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
     return grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
   }
 
