@@ -9,3 +9,6 @@ cityos_test(exchange_store_paging_test LABEL exchange
 # store_internal::Transaction: the destructor's ROLLBACK does not allocate.
 cityos_test(exchange_sqlite_transaction_test LABEL exchange
   SOURCES sqlite_transaction_test.cc LIBS SQLite::SQLite3)
+# store_internal page tokens: the fingerprint's bytes are pinned (tokens
+# outlive a restart), round trips and refusals.
+cityos_test(exchange_page_token_test LABEL exchange SOURCES page_token_test.cc)

@@ -3,6 +3,7 @@
 #include <openssl/evp.h>
 
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
 #include "absl/strings/escaping.h"
@@ -17,19 +18,39 @@ constexpr size_t kFingerprintSize = 16;
 }  // namespace
 
 std::string Fingerprint(std::initializer_list<std::string_view> parts) {
-  std::string input;
-  for (std::string_view part : parts) {
-    uint64_t n = part.size();
-    for (int i = 0; i < 8; ++i) input.push_back(static_cast<char>(n >> (8 * i)));
-    input.append(part);
-  }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int digest_size = 0;
   // Fetched once: EVP_sha256() makes EVP_Digest look the implementation up
-  // on every call (OpenSSL 3), a few microseconds per page.
+  // on every call (OpenSSL 3), a few microseconds per page. The digest
+  // context is kept per thread (EVP_Digest allocates and frees one per
+  // call), and the parts are fed to it as they are, not copied into one
+  // buffer first.
   static EVP_MD* const kSha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-  EVP_Digest(input.data(), input.size(), digest, &digest_size,
-             kSha256 != nullptr ? kSha256 : EVP_sha256(), nullptr);
+  struct CtxFree {
+    void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+  };
+  thread_local std::unique_ptr<EVP_MD_CTX, CtxFree> ctx(EVP_MD_CTX_new());
+  unsigned char digest[EVP_MAX_MD_SIZE] = {};
+  unsigned int digest_size = 0;
+  bool ok = ctx != nullptr &&
+            EVP_DigestInit_ex2(ctx.get(), kSha256 != nullptr ? kSha256 : EVP_sha256(), nullptr);
+  for (std::string_view part : parts) {
+    unsigned char size[8];
+    const uint64_t n = part.size();
+    for (int i = 0; i < 8; ++i) size[i] = static_cast<unsigned char>(n >> (8 * i));
+    ok = ok && EVP_DigestUpdate(ctx.get(), size, sizeof(size)) &&
+         EVP_DigestUpdate(ctx.get(), part.data(), part.size());
+  }
+  ok = ok && EVP_DigestFinal_ex(ctx.get(), digest, &digest_size);
+  if (!ok || digest_size < kFingerprintSize) {
+    // Not expected (no allocation failed, SHA-256 is always there): the
+    // one-shot digest, with a context of its own.
+    std::string input;
+    for (std::string_view part : parts) {
+      const uint64_t n = part.size();
+      for (int i = 0; i < 8; ++i) input.push_back(static_cast<char>(n >> (8 * i)));
+      input.append(part);
+    }
+    EVP_Digest(input.data(), input.size(), digest, &digest_size, EVP_sha256(), nullptr);
+  }
   return std::string(reinterpret_cast<const char*>(digest), kFingerprintSize);
 }
 

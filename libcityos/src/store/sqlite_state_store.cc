@@ -285,9 +285,15 @@ Narrowing NarrowingOf(const EntityFilter& filter) {
 // Whether `filter` states nothing but its type (which the SQL always narrows
 // on), so that MatchesFilter cannot reject a row the SQL returned.
 bool OnlyType(const EntityFilter& filter) {
-  EntityFilter rest = filter;
-  rest.clear_type();
-  return rest.ByteSizeLong() == 0;
+  static_assert(EntityFilter::kTypeFieldNumber == 1);
+  // The filter's size is that of its type field (tag 1, length, bytes) and
+  // nothing else; no copy of the filter is made per query.
+  const size_t type_size = filter.type().size();
+  const size_t type_field =
+      type_size == 0
+          ? 0
+          : 1 + google::protobuf::io::CodedOutputStream::VarintSize64(type_size) + type_size;
+  return filter.ByteSizeLong() == type_field;
 }
 
 // A candidate row of a listing: its keyset key (id, or version in decimal)
