@@ -1,11 +1,22 @@
-# bench.smoke: cityos-bench lists its scenarios and runs one tiny scenario
-# (with its NATS peer, or a peer_error when nats-server is missing); every
-# output line must be a JSON object with name, value and unit. No timing is
+# bench.smoke: cityos-bench lists its scenarios and runs two tiny scenarios
+# (with their NATS peer, or a peer_error when nats-server is missing); every
+# output line must be a JSON object with name, value and unit. Then
+# exchange.query for a second, with its canned-response peer. No timing is
 # checked: benchmarks never decide tests.
 #   cmake -DBENCH=/path/to/cityos-bench -P smoke_test.cmake
 if(NOT BENCH)
   message(FATAL_ERROR "pass -DBENCH=<path to cityos-bench>")
 endif()
+
+# Fails unless the JSON object `line` has every one of the fields after it.
+function(require_fields line)
+  foreach(field IN LISTS ARGN)
+    string(JSON v ERROR_VARIABLE err GET "${line}" ${field})
+    if(err)
+      message(FATAL_ERROR "line lacks ${field}: ${line}")
+    endif()
+  endforeach()
+endfunction()
 
 execute_process(COMMAND ${BENCH} --list
   OUTPUT_VARIABLE list_out ERROR_VARIABLE list_err RESULT_VARIABLE list_rc)
@@ -37,12 +48,7 @@ foreach(line IN LISTS lines)
   if(err OR NOT type STREQUAL "OBJECT")
     message(FATAL_ERROR "not a JSON object: ${line} (${err})")
   endif()
-  foreach(field name value unit)
-    string(JSON v ERROR_VARIABLE err GET "${line}" ${field})
-    if(err)
-      message(FATAL_ERROR "line lacks ${field}: ${line}")
-    endif()
-  endforeach()
+  require_fields("${line}" name value unit)
   string(JSON value_type TYPE "${line}" value)
   if(NOT value_type STREQUAL "NUMBER")
     message(FATAL_ERROR "value is not a number: ${line}")
@@ -52,4 +58,15 @@ endforeach()
 if(NOT count EQUAL 2)
   message(FATAL_ERROR "expected 2 lines, got ${count}:\n${run_out}")
 endif()
-message(STATUS "cityos-bench smoke: ${count} well-formed lines")
+
+# exchange.query with its peer (the same client against a server answering
+# canned bytes): the exchange's answers pass the client's checks (else the
+# scenario fails), and the peer ran, here without NATS.
+execute_process(COMMAND ${BENCH} --filter "^exchange\\.query$" --seconds 1
+  OUTPUT_VARIABLE query_out ERROR_VARIABLE query_err RESULT_VARIABLE query_rc)
+if(NOT query_rc EQUAL 0)
+  message(FATAL_ERROR "cityos-bench exchange.query failed (${query_rc}):\n${query_out}\n${query_err}")
+endif()
+string(STRIP "${query_out}" query_out)
+require_fields("${query_out}" name value peer_value ratio)
+message(STATUS "cityos-bench smoke: ${count} well-formed lines, exchange.query with its peer")

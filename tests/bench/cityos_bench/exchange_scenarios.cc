@@ -4,7 +4,10 @@
 // over loopback TCP. Every read is decided per entity / per event with one
 // redaction obligation applied, and audited.
 //
-//   exchange.query          Query requests/s, pages of 10 entities.
+//   exchange.query          Query requests/s, pages of 10 entities; peer:
+//                           the same client against a gRPC server answering
+//                           every call with one real response's bytes, no
+//                           work (`ratio` = exchange / that ceiling).
 //   exchange.query.deep     the same with 32 calls in flight instead of 8.
 //   exchange.subscribe      Subscribe events/s (replay of a stored stream,
 //                           per-event decision + one redaction); peer: plain
@@ -214,7 +217,9 @@ class ExchangeStack {
   }
 
   // A new channel (own connection) to the server.
-  std::shared_ptr<grpc::Channel> NewChannel() const {
+  std::shared_ptr<grpc::Channel> NewChannel() const { return NewChannelTo(address_); }
+  // A new channel to `address`, as the benchmark clients make them.
+  static std::shared_ptr<grpc::Channel> NewChannelTo(const std::string& address) {
     grpc::ChannelArguments args;
     args.SetInt("grpc.use_local_subchannel_pool", 1);
     args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
@@ -223,7 +228,7 @@ class ExchangeStack {
     // not retry turns them off (docs/operations.md), which saves about 2 us
     // of client CPU per Query here.
     args.SetInt(GRPC_ARG_ENABLE_RETRIES, 0);
-    return grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+    return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   }
 
   Bus* bus() const { return bus_->bus(); }
@@ -251,23 +256,25 @@ class ExchangeStack {
   std::unique_ptr<grpc::Server> server_;
 };
 
-// `in_flight` async calls outstanding per client thread.
-absl::StatusOr<Result> RunQueryWith(BenchContext& ctx, const int in_flight) {
-  const BenchOptions& o = ctx.options();
-  auto stack = ExchangeStack::Start(ctx, "exchange-query", nullptr);
-  if (!stack.ok()) return stack.status();
-  // 1,000 entities in the store.
-  constexpr int kEntities = 1000;
-  std::vector<exchange::v1::Entity> entities;
-  for (int i = 0; i < kEntities; ++i) {
-    auto e = BedEvent("health.ex.beds", absl::StrFormat("bed-%04d", i), i % 40);
-    if (!e.ok()) return e.status();
-    auto entity = EntityFromEvent(*e);
-    if (!entity.ok()) return entity.status();
-    entities.push_back(*std::move(entity));
-  }
-  if (auto s = (*stack)->store()->UpsertBatch(std::move(entities)); !s.ok()) return s.status();
+// What DriveQueries measured over its window.
+struct QueryLoad {
+  LatencySamples* latency = nullptr;  // filled with each call's latency
+  uint64_t done = 0;                  // calls answered inside the window
+  int64_t nanos = 0;                  // the window
+  double cpu_s = 0;                   // the process's CPU in the window
+  double client_cpu_s = 0;            // the client threads' CPU in the window
+  double entities_per_response = 0;
+};
 
+constexpr int kClientThreads = 2;
+
+// Keeps `in_flight` Query calls outstanding from each of kClientThreads
+// client threads, on channels from `new_channel`, for half a second of
+// warm-up and then `run`; every response is checked (see below).
+absl::StatusOr<QueryLoad> DriveQueries(
+    const std::function<std::shared_ptr<grpc::Channel>()>& new_channel, int in_flight,
+    absl::Duration run, LatencySamples* latency_samples) {
+  QueryLoad load{.latency = latency_samples};
   // The client side shares the machine with the server, so it is kept as
   // cheap as a real client can be: kClientThreads threads, each with its own
   // channel (connection) and completion queue, keeping `in_flight` async calls
@@ -275,12 +282,10 @@ absl::StatusOr<Result> RunQueryWith(BenchContext& ctx, const int in_flight) {
   // completion queue and a context switch per request, which on a small
   // machine is CPU the server does not get. Every response is still parsed
   // in full and checked (entities present, redaction applied).
-  constexpr int kClientThreads = 2;
-  const absl::Duration run = std::min(o.max_time, absl::Seconds(5));
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> ok{0}, failed{0}, entities_seen{0};
   std::atomic<bool> redacted{true};
-  LatencySamples latency(1 << 20);
+  LatencySamples& latency = *load.latency;
   std::string first_error;
   absl::Mutex mu;
   // Client threads' CPU inside the measured window, in nanoseconds.
@@ -290,7 +295,7 @@ absl::StatusOr<Result> RunQueryWith(BenchContext& ctx, const int in_flight) {
   for (int c = 0; c < kClientThreads; ++c) {
     threads.emplace_back([&] {
       double cpu_at_start = -1;
-      auto channel = (*stack)->NewChannel();
+      auto channel = new_channel();
       channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(30));
       auto stub = exchange::v1::ExchangeService::NewStub(channel);
       grpc::CompletionQueue cq;
@@ -381,6 +386,12 @@ absl::StatusOr<Result> RunQueryWith(BenchContext& ctx, const int in_flight) {
   absl::SleepFor(absl::Milliseconds(50));  // client threads take their CPU reading
   stop.store(true);
   for (auto& t : threads) t.join();
+  load.done = done;
+  load.nanos = nanos;
+  load.cpu_s = cpu;
+  load.client_cpu_s = static_cast<double>(client_cpu_ns.load()) / 1e9;
+  load.entities_per_response =
+      ok.load() == 0 ? 0 : static_cast<double>(entities_seen.load()) / static_cast<double>(ok.load());
   if (ok.load() == 0) return absl::InternalError("no Query succeeded: " + first_error);
   if (failed.load() > 0) return absl::InternalError("Query failed: " + first_error);
   if (!redacted.load()) {
@@ -388,32 +399,135 @@ absl::StatusOr<Result> RunQueryWith(BenchContext& ctx, const int in_flight) {
         "a response failed the check (empty page, wrong type, hospital_name not redacted, "
         "attributes or obligation missing)");
   }
+  return load;
+}
+
+// CPU per request of a load: all, the client threads', the rest (the
+// server's), under `prefix`.
+void AddQueryCpu(const QueryLoad& load, const std::string& prefix, Result* r) {
+  if (load.done == 0) return;
+  const double n = static_cast<double>(load.done);
+  r->extra[prefix + "cpu_us_per_request"] = Round(load.cpu_s * 1e6 / n, 1);
+  r->extra[prefix + "client_cpu_us_per_request"] = Round(load.client_cpu_s * 1e6 / n, 1);
+  r->extra[prefix + "server_cpu_us_per_request"] =
+      Round((load.cpu_s - load.client_cpu_s) * 1e6 / n, 1);
+  r->extra[prefix + "cores_used"] = Round(load.cpu_s * 1e9 / static_cast<double>(load.nanos), 2);
+}
+
+// Query answered with the same bytes every time: one real response of the
+// exchange, handed to gRPC without a copy. The request is not read.
+class CannedQueryService final
+    : public exchange::v1::ExchangeService::WithRawCallbackMethod_Query<
+          exchange::v1::ExchangeService::Service> {
+ public:
+  explicit CannedQueryService(std::string bytes) : bytes_(std::move(bytes)) {}
+  grpc::ServerUnaryReactor* Query(grpc::CallbackServerContext* context,
+                                  const grpc::ByteBuffer* /*request*/,
+                                  grpc::ByteBuffer* response) override {
+    grpc::Slice slice(bytes_.data(), bytes_.size(), grpc::Slice::STATIC_SLICE);
+    grpc::ByteBuffer buffer(&slice, 1);
+    response->Swap(&buffer);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  const std::string bytes_;
+};
+
+// The peer of exchange.query*: takes one real response from `stack`, serves
+// it canned on another loopback port and drives it like the exchange.
+absl::StatusOr<QueryLoad> DriveCannedPeer(const ExchangeStack& stack, int in_flight,
+                                          absl::Duration run) {
+  exchange::v1::QueryRequest req;
+  req.mutable_filter()->set_type(kType);
+  req.set_purpose(kPurpose);
+  req.set_page_size(10);
+  exchange::v1::QueryResponse real;
+  {
+    auto stub = exchange::v1::ExchangeService::NewStub(stack.NewChannel());
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+    grpc::Status status = stub->Query(&context, req, &real);
+    if (!status.ok()) {
+      return absl::InternalError("peer: the exchange's response to copy: " +
+                                 status.error_message());
+    }
+  }
+  CannedQueryService canned(real.SerializeAsString());
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&canned);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    return absl::UnavailableError("peer: could not start a gRPC server on 127.0.0.1:0");
+  }
+  const std::string address = absl::StrCat("127.0.0.1:", port);
+  LatencySamples latency(1 << 20);
+  absl::StatusOr<QueryLoad> load = DriveQueries(
+      [&] { return ExchangeStack::NewChannelTo(address); }, in_flight, run, &latency);
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  return load;
+}
+
+// `in_flight` async calls outstanding per client thread. The peer (when
+// peers run): the same client against a gRPC server whose Query answers every
+// call with the bytes of one real exchange response, without reading the
+// request or doing any work: what gRPC and the client cost on this machine,
+// in the same run, i.e. the ceiling for any server answering these pages.
+absl::StatusOr<Result> RunQueryWith(BenchContext& ctx, const int in_flight) {
+  const BenchOptions& o = ctx.options();
+  auto stack = ExchangeStack::Start(ctx, "exchange-query", nullptr);
+  if (!stack.ok()) return stack.status();
+  // 1,000 entities in the store.
+  constexpr int kEntities = 1000;
+  std::vector<exchange::v1::Entity> entities;
+  for (int i = 0; i < kEntities; ++i) {
+    auto e = BedEvent("health.ex.beds", absl::StrFormat("bed-%04d", i), i % 40);
+    if (!e.ok()) return e.status();
+    auto entity = EntityFromEvent(*e);
+    if (!entity.ok()) return entity.status();
+    entities.push_back(*std::move(entity));
+  }
+  if (auto s = (*stack)->store()->UpsertBatch(std::move(entities)); !s.ok()) return s.status();
+
+  const absl::Duration run = std::min(o.max_time, absl::Seconds(5));
+  LatencySamples latency(1 << 20);
+  absl::StatusOr<QueryLoad> load =
+      DriveQueries([&] { return (*stack)->NewChannel(); }, in_flight, run, &latency);
+  if (!load.ok()) return load.status();
+  const uint64_t done = load->done;
   Result r;
-  r.value = Round(Rate(done, nanos), 0);
+  r.value = Round(Rate(done, load->nanos), 0);
   latency.Finish();
   r.extra["page_size"] = 10;
-  r.extra["entities_per_response"] =
-      Round(static_cast<double>(entities_seen.load()) / static_cast<double>(ok.load()), 2);
+  r.extra["entities_per_response"] = Round(load->entities_per_response, 2);
   r.extra["client_threads"] = kClientThreads;
   r.extra["in_flight"] = kClientThreads * in_flight;
   r.extra["store_entities"] = kEntities;
   r.extra["obligations"] = "redact hospital_name";
   r.extra["client"] =
-      "async stubs; every response parsed in full (arena per call) and every entity checked: "
-      "type, id, hospital_name absent, hospital_id and total_beds present, obligation listed";
+      "async stubs, gRPC retries off; every response parsed in full (arena per call) and "
+      "every entity checked: type, id, hospital_name absent, hospital_id and total_beds "
+      "present, obligation listed";
   latency.AddTo(r.extra);
   // CPU per request: unlike requests/s, it does not depend on what else the
   // machine runs. The server's share is the process's CPU minus the client
   // threads' (it includes the store's and gRPC's background threads).
-  if (done > 0) {
-    const double client = static_cast<double>(client_cpu_ns.load()) / 1e9;
-    r.extra["cpu_us_per_request"] = Round(cpu * 1e6 / static_cast<double>(done), 1);
-    r.extra["client_cpu_us_per_request"] = Round(client * 1e6 / static_cast<double>(done), 1);
-    r.extra["server_cpu_us_per_request"] =
-        Round((cpu - client) * 1e6 / static_cast<double>(done), 1);
-    r.extra["cores_used"] = Round(cpu * 1e9 / static_cast<double>(nanos), 2);
+  AddQueryCpu(*load, "", &r);
+  r.extra["seconds"] = Round(static_cast<double>(load->nanos) / 1e9, 3);
+  if (o.peers) {
+    absl::StatusOr<QueryLoad> peer = DriveCannedPeer(**stack, in_flight, run);
+    r.SetPeer("gRPC unary answering canned bytes (no work)",
+              peer.ok() ? absl::StatusOr<double>(Round(Rate(peer->done, peer->nanos), 0))
+                        : absl::StatusOr<double>(peer.status()));
+    if (peer.ok()) {
+      r.extra["ratio"] = Round(Rate(done, load->nanos) / Rate(peer->done, peer->nanos), 3);
+      AddQueryCpu(*peer, "peer_", &r);
+    }
   }
-  r.extra["seconds"] = Round(static_cast<double>(nanos) / 1e9, 3);
   return r;
 }
 
@@ -687,7 +801,8 @@ absl::Status RegisterExchangeScenarios(ScenarioRegistry& registry) {
       {.name = "exchange.query",
        .unit = "requests/s",
        .description = "exchange Query over loopback gRPC, pages of 10, per-entity policy + "
-                      "one redaction, 8 calls in flight from 2 async client threads",
+                      "one redaction, 8 calls in flight from 2 async client threads (peer: "
+                      "the same client against a server answering canned bytes)",
        .run = RunQuery});
   if (!s.ok()) return s;
   s = registry.Add({.name = "exchange.query.deep",
