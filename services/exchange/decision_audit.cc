@@ -83,12 +83,12 @@ void DecisionAuditor::Record(std::string_view principal, std::string_view action
   key.push_back('\0');
   key.append(decision.emergency_id).push_back('\0');
   key.append(decision.consent_id);
-  const size_t hash = absl::Hash<absl::string_view>()(absl::string_view(key.data(), key.size()));
-  Shard& shard = shards_[hash % kShards];
+  const PrehashedKey hashed = PrehashedKey::Of(key);
+  Shard& shard = shards_[hashed.Shard(kShards)];
   std::optional<exchange::v1::AuditEntry> due;  // built only when a window closes
   {
     std::lock_guard<std::mutex> lock(shard.mu);
-    auto it = shard.pending.find(absl::string_view(key.data(), key.size()));
+    auto it = shard.pending.find(hashed);
     if (it == shard.pending.end()) {
       Pending p{MakeEntry(principal, action, resource, purpose, data_subject, decision, now),
                 now};

@@ -25,11 +25,11 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "cityos/audit.h"
 #include "cityos/clock.h"
 #include "cityos/policy.h"
+#include "cityos/prehashed.h"
 
 namespace cityos {
 
@@ -63,8 +63,9 @@ class DecisionAuditor {
   };
   struct Shard {
     std::mutex mu;
-    // Looked up by string_view (no key allocated unless a new entry).
-    absl::flat_hash_map<std::string, Pending> pending ABSL_GUARDED_BY(mu);
+    // Looked up by HashedKey (no key allocated unless a new entry, and the
+    // key hashed once).
+    PrehashedMap<Pending> pending ABSL_GUARDED_BY(mu);
   };
   static constexpr size_t kShards = 16;
 

@@ -89,10 +89,15 @@ grpc::Status Denied(std::string message) {
   return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, std::move(message));
 }
 
+// `*out` = "type/id" (reusing its capacity, for a loop over entities).
+void SetEntityKey(std::string_view type, std::string_view id, std::string* out) {
+  out->assign(type).push_back('/');
+  out->append(id);
+}
+
 std::string EntityKey(std::string_view type, std::string_view id) {
-  std::string k(type);
-  k.push_back('/');
-  k.append(id);
+  std::string k;
+  SetEntityKey(type, id, &k);
   return k;
 }
 
@@ -525,6 +530,7 @@ grpc::Status ExchangeServiceImpl::QueryToWire(grpc::ServerContextBase* context,
       .page_size = request->page_size(),
       .page_token = request->page_token(),
       .token_context = TokenContext(request->purpose(), request->projection())};
+  std::string entity_key;  // per entity, its capacity kept across the page
   page.visible = [&](std::string_view stored) -> SerializedVisibility {
     // The decision needs the envelope attributes only: read off the bytes
     // (the attributes map, the bulk of an entity, is not parsed).
@@ -548,8 +554,9 @@ grpc::Status ExchangeServiceImpl::QueryToWire(grpc::ServerContextBase* context,
     AccessRequest req{.principal = &who, .action = Action::kRead, .resource = resource,
                       .purpose = request->purpose()};
     std::shared_ptr<const Decision> d = deps_->pdp->Decide(req);
-    deps_->auditor->Record(who_id, "read", EntityKey(resource.type, resource.entity_id),
-                           request->purpose(), resource.data_subject, *d);
+    SetEntityKey(resource.type, resource.entity_id, &entity_key);
+    deps_->auditor->Record(who_id, "read", entity_key, request->purpose(), resource.data_subject,
+                           *d);
     // Individual records of aggregate-only data are never returned.
     if (!d->allowed() || d->has_obligation(OBLIGATION_KIND_AGGREGATE_ONLY)) {
       return SerializedVisibility::kHidden;

@@ -52,17 +52,14 @@ void DecisionCache::MakeKey(const AccessRequest& q, bool with_location,
   }
 }
 
-DecisionCache::Shard& DecisionCache::ShardFor(std::string_view key) {
-  return shards_[absl::Hash<absl::string_view>{}(AV(key)) % kShards];
-}
-
 std::shared_ptr<const Decision> DecisionCache::Find(std::string_view key,
                                                     absl::Time now) {
   if (per_shard_ == 0) return nullptr;
-  Shard& s = ShardFor(key);
+  const PrehashedKey hashed = PrehashedKey::Of(key);
+  Shard& s = ShardFor(hashed);
   const uint64_t current = epoch();
   absl::MutexLock lock(&s.mu);
-  auto it = s.map.find(AV(key));
+  auto it = s.map.find(hashed);
   if (it == s.map.end()) return nullptr;
   const Entry& e = it->second;
   // A clock stepped backwards, an expired window or a stale epoch: recompute.
@@ -78,9 +75,10 @@ void DecisionCache::Insert(std::string_view key, uint64_t epoch, absl::Time now,
                            std::string_view org,
                            std::string_view data_subject) {
   if (per_shard_ == 0) return;
-  Shard& s = ShardFor(key);
+  const PrehashedKey hashed = PrehashedKey::Of(key);
+  Shard& s = ShardFor(hashed);
   absl::MutexLock lock(&s.mu);
-  auto it = s.map.find(AV(key));
+  auto it = s.map.find(hashed);
   if (it == s.map.end()) {
     if (s.map.size() >= per_shard_) {
       // Full: drop an arbitrary entry (hash order is effectively random),

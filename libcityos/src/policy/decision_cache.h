@@ -17,10 +17,10 @@
 #include <string_view>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "cityos/policy.h"
+#include "cityos/prehashed.h"
 
 namespace cityos::policy_internal {
 
@@ -60,10 +60,11 @@ class DecisionCache {
   };
   struct Shard {
     absl::Mutex mu;
-    absl::flat_hash_map<std::string, Entry> map ABSL_GUARDED_BY(mu);
+    // Looked up with the key's hash computed once (it also picks the shard).
+    PrehashedMap<Entry> map ABSL_GUARDED_BY(mu);
   };
   static constexpr size_t kShards = 16;
-  Shard& ShardFor(std::string_view key);
+  Shard& ShardFor(const PrehashedKey& key) { return shards_[key.Shard(kShards)]; }
 
   size_t per_shard_;
   std::atomic<uint64_t> epoch_{1};
