@@ -367,14 +367,15 @@ TEST(SqliteStateStore, VisibleLeavesOutWithoutShortPages) {
 // entities written while the page is being read (here, from the first
 // visibility decision) show up in their state from before that write, and
 // an entity inserted meanwhile does not show up. Checked for the listing by
-// type alone (one statement stepped across the rounds) and a narrowed
-// listing (several statements in one read transaction), on both page paths.
+// type alone and by type with an attribute condition (one statement stepped
+// across the rounds; the second with C++ matching) and a listing narrowed by
+// owner (several statements in one read transaction), on both page paths.
 TEST(SqliteStateStore, PageIsOneSnapshotAcrossFetchRounds) {
   testing::TempDir dir;
   int run = 0;
-  for (bool narrowed : {false, true}) {
+  for (const char* narrowing : {"type", "attribute", "owner"}) {
     for (bool serialized : {false, true}) {
-      SCOPED_TRACE(absl::StrFormat("narrowed %d, serialized %d", narrowed, serialized));
+      SCOPED_TRACE(absl::StrFormat("narrowed by %s, serialized %d", narrowing, serialized));
       auto store = Open(dir.File(absl::StrFormat("entities-%d.db", run++)));
       ASSERT_NE(store, nullptr);
       auto make = [](const std::string& id, int64_t n) {
@@ -387,7 +388,12 @@ TEST(SqliteStateStore, PageIsOneSnapshotAcrossFetchRounds) {
       ASSERT_TRUE(store->UpsertBatch(batch).ok());
       EntityFilter filter;
       filter.set_type(kType);
-      if (narrowed) filter.set_owner("owner-a");
+      if (std::string_view(narrowing) == "owner") filter.set_owner("owner-a");
+      if (std::string_view(narrowing) == "attribute") {
+        exchange::v1::AttributeFilter* exists = filter.add_attributes();
+        exists->set_path("n");
+        exists->set_comparison(exchange::v1::COMPARISON_EXISTS);
+      }
       // Only n % 40 == 0 is visible, so a page of 3 reads e000..e080 and
       // one more: several rounds of the store's read-ahead. While e000 is
       // decided, e040 becomes invisible (n = 41) and e020x appears visible

@@ -131,7 +131,7 @@ constexpr char kInsertHistory[] =
     "INSERT INTO history(type, id, version, observed_ns, blob) VALUES(?1, ?2, ?3, ?4, ?5)";
 constexpr char kTrimHistory[] = "DELETE FROM history WHERE type=?1 AND id=?2 AND version<=?3";
 constexpr char kGetEntity[] = "SELECT id, blob FROM entities WHERE type=?1 AND id=?2";
-// A listing by type alone, in id order from `?2` on (exclusive).
+// A listing narrowed by type only, in id order from `?2` on (exclusive).
 constexpr char kListByType[] = "SELECT id, blob FROM entities WHERE type=?1 AND id>?2 ORDER BY id";
 constexpr char kCountEntities[] = "SELECT COUNT(*) FROM entities";
 
@@ -302,9 +302,18 @@ struct Row {
   std::string key;
   std::string blob;
 };
-// Appends up to `limit` rows whose key is after `after`, ascending.
-using FetchFn = std::function<absl::Status(const std::string& after, int limit,
-                                           std::vector<Row>* rows)>;
+// Appends up to `limit` rows whose key is after `after`, ascending (fewer
+// only at the end). Rounds grow, doubling, up to `max_round` rows: large
+// rounds pay off where each costs a statement; the streamed listing's only
+// step on, so its rounds stay small (no row is copied out long before it is
+// looked at).
+struct FetchFn {
+  std::function<absl::Status(const std::string& after, int limit, std::vector<Row>* rows)> rows;
+  int max_round = 4096;
+  absl::Status operator()(const std::string& after, int limit, std::vector<Row>* out) const {
+    return rows(after, limit, out);
+  }
+};
 
 // Fills one page by keyset: rows after `cursor` in key order, keeping those
 // that `matches` (null = all) and `take` accepts (it decides visibility and
@@ -364,7 +373,7 @@ absl::StatusOr<std::string> FillPageRows(const FetchFn& fetch, std::string curso
     }
     if (static_cast<int>(rows.size()) < limit) return std::string();
     // Many rows rejected (filter or policy): read further ahead each round.
-    limit = std::min(limit * 2, 4096);
+    limit = std::min(limit * 2, std::max(fetch.max_round, limit));
   }
 }
 
@@ -597,8 +606,9 @@ class SqliteStateStore final : public StateStore {
     CITYOS_ASSIGN_OR_RETURN(ReaderLease reader, AcquireReader());
     SqliteConnection* db = reader.get();
     // One snapshot for the whole page: each entity is returned in its state
-    // when its page was read. A listing by type alone is one statement,
-    // stepped as far as the page needs (below): its own read transaction is
+    // when its page was read. A listing that SQL narrows by type only (the
+    // type alone, or with conditions only C++ checks) is one statement,
+    // stepped on from round to round (below): its own read transaction is
     // that snapshot. Every other listing runs several statements (a fetch
     // round each) inside one read transaction.
     Narrowing narrowing;
@@ -617,12 +627,21 @@ class SqliteStateStore final : public StateStore {
     // and stepped on by the next ones (each continues after the last row the
     // previous one returned, which is the round's `after`); reset when the
     // page is done, which ends its read transaction.
-    std::optional<Statement> listing;
+    std::optional<Statement> listing;  // declared after `reader`: reset before it returns
     bool listing_done = false;
+    std::string listing_last;  // the key of the last row the listing returned
     if (streamed) {
       // The primary key (type, id) is the listing's order: the rows stream
       // out of it, nothing is sorted, so no LIMIT is needed.
-      fetch = [&](const std::string& after, int limit, std::vector<Row>* rows) -> absl::Status {
+      fetch.max_round = 64;
+      fetch.rows = [&](const std::string& after, int limit, std::vector<Row>* rows) -> absl::Status {
+        // Each round continues after the last row returned, which
+        // FillPageRows passes as `after`.
+        if (listing.has_value() && after != listing_last) {
+          return absl::InternalError(absl::StrFormat(
+              "entity store %s: a listing round after \"%s\", not after its last row \"%s\"",
+              options_.path, after, listing_last));
+        }
         if (!listing.has_value()) {
           CITYOS_ASSIGN_OR_RETURN(Statement stmt, db->Prepare(kListByType));
           stmt.BindText(1, filter.type());
@@ -637,6 +656,7 @@ class SqliteStateStore final : public StateStore {
           }
           rows->push_back(
               Row{std::string(listing->ColumnText(0)), std::string(listing->ColumnBlob(1))});
+          listing_last = rows->back().key;
         }
         return absl::OkStatus();
       };
@@ -646,7 +666,8 @@ class SqliteStateStore final : public StateStore {
       ids.assign(filter.ids().begin(), filter.ids().end());
       std::sort(ids.begin(), ids.end());
       ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
-      fetch = [&](const std::string& after, int limit, std::vector<Row>* rows) -> absl::Status {
+      fetch.rows = [&](const std::string& after, int limit,
+                       std::vector<Row>* rows) -> absl::Status {
         auto it = std::upper_bound(ids.begin(), ids.end(), after);
         for (int n = 0; it != ids.end() && n < limit; ++it, ++n) {
           CITYOS_ASSIGN_OR_RETURN(Statement stmt, db->Prepare(kGetEntity));
@@ -663,7 +684,8 @@ class SqliteStateStore final : public StateStore {
     } else {
       sql = absl::StrCat("SELECT id, blob FROM entities WHERE type=?1 AND id>?2",
                          narrowing.where, " ORDER BY id LIMIT ?3");
-      fetch = [&](const std::string& after, int limit, std::vector<Row>* rows) -> absl::Status {
+      fetch.rows = [&](const std::string& after, int limit,
+                       std::vector<Row>* rows) -> absl::Status {
         CITYOS_ASSIGN_OR_RETURN(Statement stmt, db->Prepare(sql));
         stmt.BindText(1, filter.type());
         stmt.BindText(2, after);
@@ -737,7 +759,8 @@ class SqliteStateStore final : public StateStore {
         "SELECT version, blob FROM history WHERE type=?1 AND id=?2 AND version>?3 "
         "AND observed_ns>=?4",
         unbounded_end ? "" : " AND observed_ns<?5", " ORDER BY version LIMIT ?6");
-    FetchFn fetch = [&](const std::string& after, int limit,
+    FetchFn fetch;
+    fetch.rows = [&](const std::string& after, int limit,
                         std::vector<Row>* rows) -> absl::Status {
       int64_t after_version = 0;
       (void)absl::SimpleAtoi(after, &after_version);
