@@ -63,7 +63,7 @@ class DecisionAuditor {
   };
   struct Shard {
     std::mutex mu;
-    // Looked up by HashedKey (no key allocated unless a new entry, and the
+    // Looked up by PrehashedKey (no key allocated unless a new entry, and the
     // key hashed once).
     PrehashedMap<Pending> pending ABSL_GUARDED_BY(mu);
   };

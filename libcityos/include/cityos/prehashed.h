@@ -17,15 +17,24 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/hash/hash.h"
+#include "absl/strings/string_view.h"
 
 namespace cityos {
+
+static_assert(sizeof(size_t) == 8, "PrehashedKey::Shard takes high bits of a 64-bit hash");
+
+// abseil's string hash (absl::string_view is its own class in some builds,
+// where hashing a std::string_view would take another path).
+inline size_t PrehashedHashOf(std::string_view key) {
+  return absl::Hash<absl::string_view>()(absl::string_view(key.data(), key.size()));
+}
 
 struct PrehashedKey {
   std::string_view key;
   size_t hash;
 
   static PrehashedKey Of(std::string_view key) {
-    return {key, absl::Hash<std::string_view>()(key)};
+    return {key, PrehashedHashOf(key)};
   }
   // One of `n` shards, from high bits: the map takes its slot and control
   // bits from the low ones, which stay spread within a shard.
@@ -34,7 +43,7 @@ struct PrehashedKey {
 
 struct PrehashedHash {
   using is_transparent = void;
-  size_t operator()(std::string_view k) const { return absl::Hash<std::string_view>()(k); }
+  size_t operator()(std::string_view k) const { return PrehashedHashOf(k); }
   size_t operator()(const PrehashedKey& k) const { return k.hash; }
 };
 

@@ -2,8 +2,6 @@
 
 #include <cstring>
 
-#include "absl/hash/hash.h"
-#include "core/strings.h"
 
 namespace cityos::policy_internal {
 namespace {

@@ -27,19 +27,19 @@ std::string Fingerprint(std::initializer_list<std::string_view> parts) {
   struct CtxFree {
     void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
   };
-  thread_local std::unique_ptr<EVP_MD_CTX, CtxFree> ctx(EVP_MD_CTX_new());
+  thread_local std::unique_ptr<EVP_MD_CTX, CtxFree> tl_ctx(EVP_MD_CTX_new());
   unsigned char digest[EVP_MAX_MD_SIZE] = {};
   unsigned int digest_size = 0;
-  bool ok = ctx != nullptr &&
-            EVP_DigestInit_ex2(ctx.get(), kSha256 != nullptr ? kSha256 : EVP_sha256(), nullptr);
+  bool ok = tl_ctx != nullptr &&
+            EVP_DigestInit_ex2(tl_ctx.get(), kSha256 != nullptr ? kSha256 : EVP_sha256(), nullptr);
   for (std::string_view part : parts) {
     unsigned char size[8];
     const uint64_t n = part.size();
     for (int i = 0; i < 8; ++i) size[i] = static_cast<unsigned char>(n >> (8 * i));
-    ok = ok && EVP_DigestUpdate(ctx.get(), size, sizeof(size)) &&
-         EVP_DigestUpdate(ctx.get(), part.data(), part.size());
+    ok = ok && EVP_DigestUpdate(tl_ctx.get(), size, sizeof(size)) &&
+         EVP_DigestUpdate(tl_ctx.get(), part.data(), part.size());
   }
-  ok = ok && EVP_DigestFinal_ex(ctx.get(), digest, &digest_size);
+  ok = ok && EVP_DigestFinal_ex(tl_ctx.get(), digest, &digest_size);
   if (!ok || digest_size < kFingerprintSize) {
     // Not expected (no allocation failed, SHA-256 is always there): the
     // one-shot digest, with a context of its own.
