@@ -68,5 +68,6 @@ if(NOT query_rc EQUAL 0)
   message(FATAL_ERROR "cityos-bench exchange.query failed (${query_rc}):\n${query_out}\n${query_err}")
 endif()
 string(STRIP "${query_out}" query_out)
+# peer_value is null when the peer failed; ratio is there only when it ran.
 require_fields("${query_out}" name value peer_value ratio)
 message(STATUS "cityos-bench smoke: ${count} well-formed lines, exchange.query with its peer")

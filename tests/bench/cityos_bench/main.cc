@@ -41,7 +41,8 @@ constexpr char kUsage[] = R"(usage: cityos-bench [options]
   --event-bytes N      serialized event size (default 256)
   --dir PATH           parent of the run's temp dir (default $TMPDIR or /tmp)
   --nats-server PATH   nats-server binary (default: $PATH, /usr/sbin, /usr/bin)
-  --no-peers           skip the NATS side-by-side figures
+  --no-peers           skip the side-by-side peers (NATS; the canned-bytes
+                       server of exchange.query*)
 Output: one JSON object per line: name, value, unit, [peer, peer_value,
 ratio | peer_error], then scenario fields.
 )";

@@ -60,7 +60,8 @@ struct BenchOptions {
   size_t window = 2;
   // Parent of the run's temporary directory. Default: $TMPDIR or /tmp.
   std::string work_parent;
-  // Run the side-by-side peers (NATS). Default: true.
+  // Run the side-by-side peers (NATS; the canned-bytes server of
+  // exchange.query*). Default: true.
   bool peers = true;
   // nats-server binary; empty = search $PATH, /usr/sbin, /usr/bin.
   std::string nats_server;
