@@ -593,13 +593,23 @@ TEST(PolicyDecide, ContractHook) {
   pdp->SetContractChecker(nullptr);
 }
 
-TEST(PolicyDecide, CacheInvalidatedByInvalidateAndLoad) {
-  SimulatedClock clock(Monday10());
-  auto pdp = MakePdp(&clock, kPersonal);
-  auto jr = MakeTableJurisdictionResolver({}, "CN");
-  pdp->SetJurisdictionResolver(jr.get());
+// kPersonal with every recipient in CN and a FakeConsent for the hook.
+struct ConsentingPdp {
+  ConsentingPdp() {
+    pdp->SetJurisdictionResolver(jr.get());
+    pdp->SetConsentChecker(&consent);
+  }
+  ~ConsentingPdp() { pdp->SetConsentChecker(nullptr); }
+  SimulatedClock clock{Monday10()};
+  std::unique_ptr<PolicyDecisionPoint> pdp = MakePdp(&clock, kPersonal);
+  std::unique_ptr<JurisdictionResolver> jr = MakeTableJurisdictionResolver({}, "CN");
   FakeConsent consent;
-  pdp->SetConsentChecker(&consent);
+};
+
+TEST(PolicyDecide, CacheInvalidatedByInvalidateAndLoad) {
+  ConsentingPdp setup;
+  auto& pdp = setup.pdp;
+  FakeConsent& consent = setup.consent;
   const Principal uni = Svc("uni", "lab");
   const AccessRequest req = VitalsRead(&uni, "research");
   EXPECT_TRUE(pdp->Decide(req)->allowed());
@@ -629,7 +639,31 @@ TEST(PolicyDecide, CacheInvalidatedByInvalidateAndLoad) {
   auto d = pdp->Decide(req);
   EXPECT_FALSE(d->allowed());
   EXPECT_EQ(d->policy_revision, 2u);
-  pdp->SetConsentChecker(nullptr);
+}
+
+// The cache key leaves the entity id out (no rule or hook reads it): two
+// entities that agree on every attribute a rule can see share one cached
+// decision; a different data subject (consent goes by it) does not.
+TEST(PolicyDecide, CacheSharesDecisionsAcrossEntityIds) {
+  ConsentingPdp setup;
+  auto& pdp = setup.pdp;
+  FakeConsent& consent = setup.consent;
+  const Principal uni = Svc("uni", "lab");
+  AccessRequest bed_1 = VitalsRead(&uni, "research");
+  bed_1.resource.entity_id = "bed-1";
+  AccessRequest bed_2 = bed_1;
+  bed_2.resource.entity_id = "bed-2";
+  auto a = pdp->Decide(bed_1);
+  EXPECT_TRUE(a->allowed()) << a->reason;
+  const int calls = consent.calls.load();
+  auto b = pdp->Decide(bed_2);
+  EXPECT_EQ(a.get(), b.get());
+  EXPECT_EQ(consent.calls.load(), calls);
+  AccessRequest other_person = bed_2;
+  other_person.resource.data_subject = "patient-10";
+  auto c = pdp->Decide(other_person);
+  EXPECT_NE(a.get(), c.get());
+  EXPECT_GT(consent.calls.load(), calls);
 }
 
 TEST(PolicyDecide, CacheCapacityIsBounded) {

@@ -40,7 +40,13 @@ void DecisionCache::MakeKey(const AccessRequest& q, bool with_location,
   Put(key, r.region);
   Put(key, r.jurisdiction);
   Put(key, r.data_subject);
-  Put(key, r.entity_id);
+  // Not the entity id: no rule condition and no hook reads it (a rule
+  // matches the resource's domain, type, subject, classification, owner,
+  // region, jurisdiction and data subject; consent goes by data subject,
+  // contracts by product), so the entities of a type that agree on those
+  // share one entry. A listing of a million entities needs as many entries
+  // as distinct attribute sets, not a million. Add it here if a rule ever
+  // matches on entity ids.
   if (with_location && r.location) {
     char buf[2 * sizeof(double)];
     std::memcpy(buf, &r.location->first, sizeof(double));
