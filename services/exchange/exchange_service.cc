@@ -572,8 +572,9 @@ grpc::Status ExchangeServiceImpl::QueryToWire(grpc::ServerContextBase* context,
   }
   // How a decision's obligations are applied to entities of the filter's
   // type, worked out once per distinct obligations and type on each thread
-  // (the PDP's cache holds one decision per entity, but their obligations
-  // are those of the few rules that allowed them). Looked up by the
+  // (the PDP's cache holds one decision per distinct set of the attributes
+  // rules read, and their obligations are those of the few rules that
+  // allowed them). Looked up by the
   // obligations' bytes, which the response needs anyway.
   struct Applying {
     std::string type;

@@ -3,6 +3,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "cityos/clock.h"
 #include "cityos/policy.h"
 #include "gtest/gtest.h"
@@ -664,6 +665,26 @@ TEST(PolicyDecide, CacheSharesDecisionsAcrossEntityIds) {
   auto c = pdp->Decide(other_person);
   EXPECT_NE(a.get(), c.get());
   EXPECT_GT(consent.calls.load(), calls);
+}
+
+// The cache key leaves entity ids out because no rule can name them: a
+// resource condition on entity ids is refused. If this test ever has to
+// change because such a condition was added, put ResourceView::entity_id
+// back into DecisionCache::MakeKey, or cached decisions go to the wrong
+// entities.
+TEST(PolicyDecide, RulesCannotNameEntityIds) {
+  SimulatedClock clock(Monday10());
+  auto pdp = MakePdp(&clock, "");
+  for (const char* key : {"entity_ids", "entities", "ids"}) {
+    const std::string yaml = absl::StrCat(
+        "rules:\n  - id: a\n    effect: allow\n    actions: [read]\n    resource: {",
+        key, ": [bed-1]}\n");
+    ValidationResult r = pdp->Validate({{.name = "doc.yaml", .content = yaml}}, false);
+    ASSERT_FALSE(r.errors.empty()) << yaml;
+    EXPECT_NE(r.errors[0].message().find(absl::StrCat("unknown key \"", key, "\"")),
+              std::string::npos)
+        << r.errors[0].message();
+  }
 }
 
 TEST(PolicyDecide, CacheCapacityIsBounded) {
