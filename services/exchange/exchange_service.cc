@@ -219,30 +219,21 @@ class ProtoWriterSink final : public SubscribeSink {
   SubscribeResponse parsed_;
 };
 
-// Subscribe's index in the service's method table (declaration order in
-// exchange.proto, as the generated code numbers them).
-constexpr int kSubscribeMethod = 4;
-
-bool SubscribeIsAt(int index) {
+// `name`'s index in the service's method table (the generated code numbers
+// methods in their declaration order in exchange.proto, as the descriptor
+// does), or -1 unless it is there with that shape (unary or server
+// streaming, never client streaming).
+int ExchangeMethodIndex(const std::string& name, bool server_streaming) {
   const google::protobuf::ServiceDescriptor* service =
       google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
           "cityos.exchange.v1.ExchangeService");
-  return service != nullptr && index < service->method_count() &&
-         service->method(index)->name() == "Subscribe" &&
-         service->method(index)->server_streaming() && !service->method(index)->client_streaming();
-}
-
-// Query's index in the service's method table.
-constexpr int kQueryMethod = 0;
-
-bool QueryIsAt(int index) {
-  const google::protobuf::ServiceDescriptor* service =
-      google::protobuf::DescriptorPool::generated_pool()->FindServiceByName(
-          "cityos.exchange.v1.ExchangeService");
-  return service != nullptr && index < service->method_count() &&
-         service->method(index)->name() == "Query" &&
-         !service->method(index)->server_streaming() &&
-         !service->method(index)->client_streaming();
+  const google::protobuf::MethodDescriptor* method =
+      service == nullptr ? nullptr : service->FindMethodByName(name);
+  if (method == nullptr || method->client_streaming() ||
+      method->server_streaming() != server_streaming) {
+    return -1;
+  }
+  return method->index();
 }
 
 }  // namespace
@@ -267,9 +258,9 @@ ExchangeServiceImpl::ExchangeServiceImpl(const ExchangeDeps* deps, ExchangeServi
   // status codes are QueryToWire's; gRPC enforces deadlines and cancellation
   // for either API (a cancelled call's answer is dropped, as a sync
   // handler's is).
-  if (QueryIsAt(kQueryMethod)) {
+  if (const int query = ExchangeMethodIndex("Query", false); query >= 0) {
     MarkMethodCallback(
-        kQueryMethod,
+        query,
         new grpc::internal::CallbackUnaryHandler<QueryRequest, grpc::ByteBuffer>(
             [this](grpc::CallbackServerContext* context, const QueryRequest* request,
                    grpc::ByteBuffer* response) {
@@ -297,24 +288,26 @@ ExchangeServiceImpl::ExchangeServiceImpl(const ExchangeDeps* deps, ExchangeServi
               return reactor;
             }));
   } else {
-    LogError("exchange", "Query is not where expected in the service's method table; "
+    LogError("exchange", "Query is not a unary method of cityos.exchange.v1.ExchangeService; "
                          "serving it through the typed handler (slower)", {});
   }
   // Subscribe writes its responses as bytes (grpc::ByteBuffer), so stored
   // events go out without being parsed and serialized again. The generated
   // split-streaming registration (the same wire protocol as the typed one)
   // with a byte buffer as the response type.
-  if (SubscribeIsAt(kSubscribeMethod)) {
+  if (const int subscribe = ExchangeMethodIndex("Subscribe", true); subscribe >= 0) {
     MarkMethodStreamed(
-        kSubscribeMethod,
+        subscribe,
         new grpc::internal::SplitServerStreamingHandler<SubscribeRequest, grpc::ByteBuffer>(
             [this](grpc::ServerContext* context,
                    grpc::ServerSplitStreamer<SubscribeRequest, grpc::ByteBuffer>* stream) {
               return StreamedSubscribe(context, stream);
             }));
   } else {
-    LogError("exchange", "Subscribe is not where expected in the service's method table; "
-                         "serving it through the typed writer (slower)", {});
+    LogError("exchange",
+             "Subscribe is not a server-streaming method of cityos.exchange.v1.ExchangeService; "
+             "serving it through the typed writer (slower)",
+             {});
   }
 }
 
