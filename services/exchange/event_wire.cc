@@ -8,6 +8,21 @@
 namespace cityos {
 namespace {
 
+// The envelope attributes an event and an entity both carry, as a decision
+// reads them (the views name their fields alike).
+template <typename View>
+ResourceView CommonResource(const View& view) {
+  ResourceView v;
+  v.domain = view.domain;
+  v.type = view.type;
+  v.classification = view.classification;
+  v.owner = view.owner;
+  v.region = view.region;
+  v.jurisdiction = view.jurisdiction;
+  v.data_subject = view.data_subject;
+  return v;
+}
+
 // A map<string, string> entry (at nesting depth 1): key (1) and value (2).
 bool ParseMapEntry(std::string_view entry, std::string_view* key, std::string_view* value) {
   wire::Reader r(entry);
@@ -258,14 +273,7 @@ bool EntityHeaderView::Parse(std::string_view bytes) {
 }
 
 ResourceView EntityHeaderView::Resource() const {
-  ResourceView v;
-  v.domain = domain;
-  v.type = type;
-  v.classification = classification;
-  v.owner = owner;
-  v.region = region;
-  v.jurisdiction = jurisdiction;
-  v.data_subject = data_subject;
+  ResourceView v = CommonResource(*this);
   v.entity_id = id;
   if (has_location) v.location = std::make_pair(latitude, longitude);
   return v;
@@ -400,14 +408,7 @@ bool EnvelopeView::Parse(std::string_view bytes) {
 }
 
 ResourceView EnvelopeView::Resource() const {
-  ResourceView v;
-  v.domain = domain;
-  v.type = type;
-  v.classification = classification;
-  v.owner = owner;
-  v.region = region;
-  v.jurisdiction = jurisdiction;
-  v.data_subject = data_subject;
+  ResourceView v = CommonResource(*this);
   v.subject = subject;
   return v;
 }

@@ -204,7 +204,7 @@ class StreamerSink final : public SubscribeSink {
 };
 
 // The same through the generated (typed) writer: each response parsed back.
-// Only used if the method table does not have Subscribe where expected.
+// Only used if the service descriptor has no server-streaming Subscribe.
 class ProtoWriterSink final : public SubscribeSink {
  public:
   explicit ProtoWriterSink(grpc::ServerWriter<SubscribeResponse>* writer) : writer_(writer) {}
