@@ -15,6 +15,7 @@
 #include "cityos/payments/v1/payments.pb.h"
 #include "entity/obligation_plan.h"
 #include "entity/pseudonym_internal.h"
+#include "exchange_test_util.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "gtest/gtest.h"
 
@@ -26,12 +27,7 @@ using exchange::v1::Obligation;
 using exchange::v1::Value;
 using google::protobuf::util::MessageDifferencer;
 
-Obligation Redact(std::vector<std::string> paths) {
-  Obligation o;
-  o.set_kind(exchange::v1::OBLIGATION_KIND_REDACT);
-  for (auto& p : paths) o.add_field_paths(p);
-  return o;
-}
+using exchange_test::Redact;
 Obligation Pseudo(std::vector<std::string> paths) {
   Obligation o = Redact(paths);
   o.set_kind(exchange::v1::OBLIGATION_KIND_PSEUDONYMIZE);

@@ -14,6 +14,7 @@
 #include "cityos/exchange/v1/exchange.pb.h"
 #include "cityos/proto_time.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "exchange_test_util.h"
 #include "live_feed.h"
 
 namespace cityos {
@@ -62,17 +63,7 @@ TEST(EnvelopeView, EqualsTheParsedEvent) {
     const std::string wire = e.SerializeAsString();
     EnvelopeView v;
     ASSERT_TRUE(v.Parse(wire));
-    ResourceView want = ResourceView::Of(e);
-    ResourceView got = v.Resource();
-    EXPECT_EQ(got.domain, want.domain);
-    EXPECT_EQ(got.type, want.type);
-    EXPECT_EQ(got.subject, want.subject);
-    EXPECT_EQ(got.classification, want.classification);
-    EXPECT_EQ(got.owner, want.owner);
-    EXPECT_EQ(got.region, want.region);
-    EXPECT_EQ(got.jurisdiction, want.jurisdiction);
-    EXPECT_EQ(got.data_subject, want.data_subject);
-    EXPECT_EQ(got.entity_id, want.entity_id);
+    exchange_test::ExpectSameResource(v.Resource(), ResourceView::Of(e));
     EXPECT_EQ(v.entity_id(), EntityIdOf(e));
     EXPECT_EQ(v.payload_bytes, (e.has_proto_data() ? e.proto_data().ByteSizeLong() : 0) +
                                    e.text_data().size() + e.binary_data().size());

@@ -37,6 +37,7 @@
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/util/message_differencer.h"
+#include "exchange_test_util.h"
 #include "testutil.h"
 
 namespace cityos {
@@ -49,12 +50,7 @@ using exchange::v1::QueryResponse;
 using exchange::v1::Value;
 using google::protobuf::util::MessageDifferencer;
 
-Obligation Redact(std::vector<std::string> paths) {
-  Obligation o;
-  o.set_kind(exchange::v1::OBLIGATION_KIND_REDACT);
-  for (auto& p : paths) o.add_field_paths(p);
-  return o;
-}
+using exchange_test::Redact;
 
 // `personal`: about a person (data subject, sensitive), which a read needs
 // consent for; the service tests use public data.
@@ -140,18 +136,7 @@ TEST(EntityHeaderView, EqualsTheParsedEntity) {
     const std::string bytes = e.SerializeAsString();
     EntityHeaderView view;
     ASSERT_TRUE(view.Parse(bytes));
-    ResourceView want = ResourceView::Of(e);
-    ResourceView got = view.Resource();
-    EXPECT_EQ(got.type, want.type);
-    EXPECT_EQ(got.entity_id, want.entity_id);
-    EXPECT_EQ(got.domain, want.domain);
-    EXPECT_EQ(got.classification, want.classification);
-    EXPECT_EQ(got.owner, want.owner);
-    EXPECT_EQ(got.region, want.region);
-    EXPECT_EQ(got.jurisdiction, want.jurisdiction);
-    EXPECT_EQ(got.data_subject, want.data_subject);
-    EXPECT_EQ(got.subject, want.subject);
-    EXPECT_EQ(got.location, want.location);
+    exchange_test::ExpectSameResource(view.Resource(), ResourceView::Of(e));
     EXPECT_EQ(view.has_obligations, e.obligations_size() > 0);
   }
   EntityHeaderView view;
