@@ -760,9 +760,12 @@ class BusImpl final : public Bus {
     // batch from one source) takes its route without a hash look-up.
     std::vector<const RouteResult*> routes(n);
     RouteCache& cache = RouteCacheFor(*snapshot, n);
-    // Only a batch that may not fit in the cache (more subjects than
-    // kRouteCacheMax) can see it cleared midway (Route): such a batch keeps
-    // every result it uses from the start.
+    // A route is kept (referenced) whenever the cache may drop it while the
+    // batch still needs it: only a batch that may not fit in the cache (more
+    // subjects than kRouteCacheMax) can see it cleared midway (Route), so
+    // such a batch keeps every result it uses; and the routes of captured
+    // events are used again when their appends are durable, possibly after
+    // this thread cleared its cache.
     const bool may_clear = cache.map.size() + n > kRouteCacheMax;
     std::vector<std::shared_ptr<const RouteResult>> route_refs;
     bool any_captured = false;
@@ -770,21 +773,12 @@ class BusImpl final : public Bus {
       const std::string& subject = batch.at(i).subject();
       if (i > 0 && subject == batch.at(i - 1).subject()) {
         routes[i] = routes[i - 1];
-      } else if (may_clear) {
-        route_refs.push_back(Route(cache, *snapshot, subject));
-        routes[i] = route_refs.back().get();
       } else {
-        routes[i] = Route(cache, *snapshot, subject).get();
+        const std::shared_ptr<const RouteResult>& route = Route(cache, *snapshot, subject);
+        routes[i] = route.get();
+        if (may_clear || route->stream != nullptr) route_refs.push_back(route);
       }
       any_captured = any_captured || routes[i]->stream != nullptr;
-    }
-    // The routes of captured events are used again when their appends are
-    // durable, possibly after this thread cleared its cache: keep them.
-    if (any_captured && !may_clear) {
-      for (size_t i = 0; i < n; ++i) {
-        if (routes[i]->stream == nullptr || (i > 0 && routes[i] == routes[i - 1])) continue;
-        route_refs.push_back(Route(cache, *snapshot, batch.at(i).subject()));
-      }
     }
 
     // Uncaptured events go to live subscribers at once.
