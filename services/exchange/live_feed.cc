@@ -24,21 +24,6 @@ constexpr size_t kDefaultMemberDepth = 65536;
 
 }  // namespace
 
-const std::string& EntityIdOf(const event::v1::Event& ev) {
-  // Events carry a handful of extensions at most, so a scan beats hashing
-  // the key.
-  const auto& ext = ev.extensions();
-  if (ext.size() <= 4) {
-    constexpr std::string_view kKey = kEntityIdExtension;
-    for (const auto& [key, value] : ext) {
-      if (key == kKey) return value.empty() ? ev.source() : value;
-    }
-    return ev.source();
-  }
-  auto it = ext.find(kEntityIdExtension);
-  return it != ext.end() && !it->second.empty() ? it->second : ev.source();
-}
-
 // One caller's live subscription: a bounded queue the feed's dispatcher
 // fills.
 class LiveFeeds::Member final : public Subscription {

@@ -50,10 +50,6 @@
 
 namespace cityos {
 
-// The entity id EntityFromEvent gives an event: its non-empty
-// kEntityIdExtension, else its source.
-const std::string& EntityIdOf(const event::v1::Event& ev);
-
 class LiveFeeds {
  public:
   // `bus` outlives this object; `node` is who the shared subscriptions are

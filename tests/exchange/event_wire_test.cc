@@ -15,7 +15,6 @@
 #include "cityos/proto_time.h"
 #include "google/protobuf/util/message_differencer.h"
 #include "exchange_test_util.h"
-#include "live_feed.h"
 
 namespace cityos {
 namespace {

@@ -34,6 +34,10 @@ namespace cityos {
 // Event extension attribute naming the entity id (else the event's source).
 inline constexpr char kEntityIdExtension[] = "cityosentityid";
 
+// The entity id of an event: its non-empty kEntityIdExtension, else its
+// source (as EntityFromEvent sets it).
+const std::string& EntityIdOf(const event::v1::Event& event);
+
 // The entity state an event carries: type = event type, id = the
 // `cityosentityid` extension or the source, attributes = the payload's fields
 // (proto payloads from the generated descriptor pool; binary and text

@@ -305,11 +305,25 @@ void PayloadToAttributes(const pb::Message& payload, exchange::v1::Entity* entit
 
 }  // namespace entity_internal
 
+const std::string& EntityIdOf(const event::v1::Event& event) {
+  // Events carry a handful of extensions at most, so a scan beats hashing
+  // the key (live subscriptions ask this for every event).
+  const auto& ext = event.extensions();
+  if (ext.size() <= 4) {
+    constexpr std::string_view kKey = kEntityIdExtension;
+    for (const auto& [key, value] : ext) {
+      if (key == kKey) return value.empty() ? event.source() : value;
+    }
+    return event.source();
+  }
+  auto it = ext.find(kEntityIdExtension);
+  return it != ext.end() && !it->second.empty() ? it->second : event.source();
+}
+
 absl::StatusOr<exchange::v1::Entity> EntityFromEvent(const event::v1::Event& event) {
   exchange::v1::Entity e;
   e.set_type(event.type());
-  auto ext = event.extensions().find(kEntityIdExtension);
-  e.set_id(ext != event.extensions().end() && !ext->second.empty() ? ext->second : event.source());
+  e.set_id(EntityIdOf(event));
   if (event.has_proto_data()) {
     CITYOS_ASSIGN_OR_RETURN(std::unique_ptr<google::protobuf::Message> payload,
                             entity_internal::ParsePayload(event.proto_data()));
