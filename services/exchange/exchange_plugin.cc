@@ -63,11 +63,22 @@ class ExchangePlugin final : public ServicePlugin {
         PositiveInt(section, "subscribe_max_batch", service_options_.default_max_batch,
                     static_cast<int64_t>(service_options_.max_batch_limit)));
     CITYOS_ASSIGN_OR_RETURN(ConfigNode store, section.ChildOrEmpty("store"));
-    CITYOS_RETURN_IF_ERROR(store.CheckKeys({"max_history_per_entity", "full_sync"}));
+    CITYOS_RETURN_IF_ERROR(
+        store.CheckKeys({"max_history_per_entity", "full_sync", "memory_index_mib"}));
     CITYOS_ASSIGN_OR_RETURN(int64_t history, store.GetInt("max_history_per_entity", 0));
     if (history < 0) return store.Error("max_history_per_entity", "must be 0 (all) or more");
     store_options_.max_history_per_entity = static_cast<uint64_t>(history);
     CITYOS_ASSIGN_OR_RETURN(store_options_.full_sync, store.GetBool("full_sync", false));
+    constexpr int64_t kMaxIndexMib = int64_t{1} << 20;  // 1 TiB
+    CITYOS_ASSIGN_OR_RETURN(
+        int64_t index_mib,
+        store.GetInt("memory_index_mib",
+                     static_cast<int64_t>(store_options_.memory_index_bytes >> 20)));
+    if (index_mib < 0 || index_mib > kMaxIndexMib) {
+      return store.Error("memory_index_mib",
+                         absl::StrFormat("must be between 0 (off) and %d", kMaxIndexMib));
+    }
+    store_options_.memory_index_bytes = static_cast<size_t>(index_mib) << 20;
     return absl::OkStatus();
   }
 

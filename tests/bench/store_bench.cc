@@ -48,13 +48,16 @@ Entity Sample(int i, int64_t seq) {
 }
 
 struct TempStore {
-  explicit TempStore(bool full_sync = false, uint64_t max_history = 16) {
+  // `memory_index`: SqliteStateStoreOptions::memory_index_bytes (default on).
+  explicit TempStore(bool full_sync = false, uint64_t max_history = 16,
+                     bool memory_index = true) {
     dir = std::filesystem::temp_directory_path() /
           absl::StrFormat("cityos-store-bench-%d-%d", ::getpid(), counter++);
     std::filesystem::create_directories(dir);
     store = *OpenSqliteStateStore({.path = (dir / "entities.db").string(),
                                    .max_history_per_entity = max_history,
-                                   .full_sync = full_sync});
+                                   .full_sync = full_sync,
+                                   .memory_index_bytes = memory_index ? size_t{256} << 20 : 0});
   }
   ~TempStore() {
     store.reset();
@@ -67,14 +70,22 @@ struct TempStore {
 
 constexpr int kFleet = 20000;
 
-// Args: batch size, full_sync. Updates cycle over a fleet of 20k entities,
-// so after the first pass each write is an update with history trimming
-// (16 states kept).
+// Args: batch size, full_sync, memory index (the type resident: every
+// commit also updates it). Updates cycle over a fleet of 20k entities, so
+// after the first pass each write is an update with history trimming (16
+// states kept).
 void BM_UpsertBatch(benchmark::State& state) {
   const int batch_size = static_cast<int>(state.range(0));
-  TempStore t(state.range(1) != 0);
+  TempStore t(state.range(1) != 0, 16, state.range(2) != 0);
   int64_t seq = 0;
   std::vector<Entity> batch;
+  if (state.range(2) != 0) {
+    // One entity, then a listing: the type becomes resident.
+    (void)t.store->Upsert(Sample(0, seq++));
+    EntityFilter filter;
+    filter.set_type(kType);
+    (void)t.store->Query(filter, {.page_size = 1});
+  }
   for (auto _ : state) {
     state.PauseTiming();
     batch.clear();
@@ -90,23 +101,33 @@ void BM_UpsertBatch(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * batch_size);
 }
 BENCHMARK(BM_UpsertBatch)
-    ->ArgNames({"batch", "full_sync"})
-    ->Args({1, 0})
-    ->Args({64, 0})
-    ->Args({256, 0})
-    ->Args({256, 1})
+    ->ArgNames({"batch", "full_sync", "index"})
+    ->Args({1, 0, 0})
+    ->Args({64, 0, 0})
+    ->Args({256, 0, 0})
+    ->Args({256, 0, 1})
+    ->Args({256, 1, 0})
     ->UseRealTime();
 
 // A store with the whole fleet, each entity written 3 times; removed at exit.
-TempStore& Loaded() {
-  static TempStore t;
+// `index`: with the memory index (the type is loaded by the first listing),
+// else SQLite only. The read benchmarks take it as their last argument.
+TempStore& Loaded(bool index) {
+  static TempStore with_index(false, 16, true);
+  static TempStore without_index(false, 16, false);
+  TempStore& t = index ? with_index : without_index;
   static bool loaded = [] {
-    int64_t seq = 0;
-    for (int round = 0; round < 3; ++round) {
-      for (int start = 0; start < kFleet; start += 256) {
-        std::vector<Entity> batch;
-        for (int i = start; i < std::min(start + 256, kFleet); ++i) batch.push_back(Sample(i, seq++));
-        (void)*t.store->UpsertBatch(std::move(batch));
+    for (TempStore* store : {&with_index, &without_index}) {
+      TempStore& t = *store;
+      int64_t seq = 0;
+      for (int round = 0; round < 3; ++round) {
+        for (int start = 0; start < kFleet; start += 256) {
+          std::vector<Entity> batch;
+          for (int i = start; i < std::min(start + 256, kFleet); ++i) {
+            batch.push_back(Sample(i, seq++));
+          }
+          (void)*t.store->UpsertBatch(std::move(batch));
+        }
       }
     }
     return true;
@@ -117,7 +138,7 @@ TempStore& Loaded() {
 
 // Walks the pages of `filter` with page_size 100, wrapping at the end.
 void RunPages(benchmark::State& state, const EntityFilter& filter) {
-  StateStore& store = *Loaded().store;
+  StateStore& store = *Loaded(state.range(0) != 0).store;
   PageRequest page{.page_size = 100};
   int64_t entities = 0;
   for (auto _ : state) {
@@ -137,14 +158,14 @@ void BM_QueryPageByType(benchmark::State& state) {
   filter.set_type(kType);
   RunPages(state, filter);
 }
-BENCHMARK(BM_QueryPageByType);
+BENCHMARK(BM_QueryPageByType)->ArgName("index")->Arg(0)->Arg(1);
 
 // The same pages as the stored bytes (QuerySerialized: what the exchange's
 // Query forwards); each entity's bytes are read (summed) as a consumer would
 // copy them out, none is parsed. Argument: the page size (10 is the
 // exchange.query benchmark's, where the per-page cost dominates).
 void BM_QuerySerializedPageByType(benchmark::State& state) {
-  StateStore& store = *Loaded().store;
+  StateStore& store = *Loaded(state.range(1) != 0).store;
   EntityFilter filter;
   filter.set_type(kType);
   SerializedPageRequest page{.page_size = static_cast<int>(state.range(0))};
@@ -162,7 +183,9 @@ void BM_QuerySerializedPageByType(benchmark::State& state) {
   state.SetItemsProcessed(entities);
   state.SetBytesProcessed(bytes);
 }
-BENCHMARK(BM_QuerySerializedPageByType)->Arg(10)->Arg(100);
+BENCHMARK(BM_QuerySerializedPageByType)
+    ->ArgNames({"page", "index"})
+    ->ArgsProduct({{10, 100}, {0, 1}});
 
 // Half the fleet matches (occupancy < 50), decided in C++ after SQL.
 void BM_QueryPageAttributeFilter(benchmark::State& state) {
@@ -174,10 +197,16 @@ void BM_QueryPageAttributeFilter(benchmark::State& state) {
   a->mutable_value()->set_int_value(50);
   RunPages(state, filter);
 }
-BENCHMARK(BM_QueryPageAttributeFilter);
+BENCHMARK(BM_QueryPageAttributeFilter)->ArgName("index")->Arg(0)->Arg(1);
 
+// Argument: the memory index (resident after one listing).
 void BM_Get(benchmark::State& state) {
-  StateStore& store = *Loaded().store;
+  StateStore& store = *Loaded(state.range(0) != 0).store;
+  {
+    EntityFilter filter;
+    filter.set_type(kType);
+    (void)store.Query(filter, {.page_size = 1});
+  }
   std::mt19937 rng(1);
   std::vector<std::string> ids;
   for (int i = 0; i < 1024; ++i) ids.push_back(absl::StrFormat("bus-%06d", rng() % kFleet));
@@ -192,7 +221,7 @@ void BM_Get(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations());
 }
-BENCHMARK(BM_Get);
+BENCHMARK(BM_Get)->ArgName("index")->Arg(0)->Arg(1);
 
 }  // namespace
 }  // namespace cityos

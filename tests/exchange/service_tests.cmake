@@ -25,3 +25,8 @@ find_package(SQLite3 REQUIRED)
 cityos_test(exchange_query_wire_test LABEL exchange
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/query_wire_test.cc
   LIBS cityos_exchange_service SQLite::SQLite3)
+
+# The exchange plug-in's config section (store keys, refusals naming the key).
+cityos_test(exchange_plugin_config_test LABEL exchange
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/exchange_plugin_config_test.cc
+  LIBS cityos_exchange_service)

@@ -43,9 +43,12 @@ Entity MakeEntity(const std::string& id, int64_t n = 0, const std::string& type 
 }
 
 std::unique_ptr<StateStore> Open(const std::string& path, Clock* clock = nullptr,
-                                 uint64_t max_history = 0) {
-  auto store = OpenSqliteStateStore(
-      {.path = path, .clock = clock, .max_history_per_entity = max_history});
+                                 uint64_t max_history = 0,
+                                 size_t memory_index = size_t{256} << 20) {
+  auto store = OpenSqliteStateStore({.path = path,
+                                     .clock = clock,
+                                     .max_history_per_entity = max_history,
+                                     .memory_index_bytes = memory_index});
   EXPECT_TRUE(store.ok()) << store.status();
   return store.ok() ? std::move(*store) : nullptr;
 }
@@ -67,6 +70,21 @@ std::vector<Entity> QueryAll(StateStore& store, const EntityFilter& filter, int 
     page.page_token = result->next_page_token;
   }
   return all;
+}
+
+// Runs `sql` on the database file through a connection of its own (as
+// another process would); the empty string, or SQLite's error.
+std::string ExecElsewhere(const std::string& path, const char* sql) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) {
+    std::string error = sqlite3_errmsg(db);
+    sqlite3_close(db);
+    return error;
+  }
+  std::string error;
+  if (sqlite3_exec(db, sql, nullptr, nullptr, nullptr) != SQLITE_OK) error = sqlite3_errmsg(db);
+  sqlite3_close(db);
+  return error;
 }
 
 std::vector<std::string> Ids(const std::vector<Entity>& entities) {
@@ -194,14 +212,10 @@ TEST(SqliteStateStore, FailedBatchInsideSqliteLeavesNothing) {
   std::string path = dir.File("entities.db");
   auto store = Open(path);
   ASSERT_TRUE(store->Upsert(MakeEntity("before")).ok());
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db,
-                         "CREATE TRIGGER fail_on_poison BEFORE INSERT ON history "
-                         "WHEN NEW.id = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
-                         nullptr, nullptr, nullptr),
-            SQLITE_OK);
-  sqlite3_close(db);
+  ASSERT_EQ(ExecElsewhere(path,
+                          "CREATE TRIGGER fail_on_poison BEFORE INSERT ON history "
+                          "WHEN NEW.id = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned'); END"),
+            "");
   auto bad = store->UpsertBatch({MakeEntity("x"), MakeEntity("before"), MakeEntity("poison")});
   EXPECT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("entities[2]"), std::string::npos) << bad.status();
@@ -241,20 +255,14 @@ TEST(SqliteStateStore, RefusesNewerSchemaAndForeignFiles) {
   testing::TempDir dir;
   std::string path = dir.File("entities.db");
   { ASSERT_NE(Open(path), nullptr); }
-  sqlite3* db = nullptr;
-  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "UPDATE schema_version SET version=99", nullptr, nullptr, nullptr),
-            SQLITE_OK);
-  sqlite3_close(db);
+  ASSERT_EQ(ExecElsewhere(path, "UPDATE schema_version SET version=99"), "");
   auto newer = OpenSqliteStateStore({.path = path});
   EXPECT_EQ(newer.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(newer.status().message().find("schema version 99"), std::string::npos)
       << newer.status();
 
   std::string other_db = dir.File("other.db");
-  ASSERT_EQ(sqlite3_open(other_db.c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "CREATE TABLE t(x)", nullptr, nullptr, nullptr), SQLITE_OK);
-  sqlite3_close(db);
+  ASSERT_EQ(ExecElsewhere(other_db, "CREATE TABLE t(x)"), "");
   auto foreign = OpenSqliteStateStore({.path = other_db});
   EXPECT_EQ(foreign.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(foreign.status().message().find("not an entity store"), std::string::npos)
@@ -373,10 +381,16 @@ TEST(SqliteStateStore, VisibleLeavesOutWithoutShortPages) {
 TEST(SqliteStateStore, PageIsOneSnapshotAcrossFetchRounds) {
   testing::TempDir dir;
   int run = 0;
+  // With the memory index, the listings by type and by attribute page a
+  // snapshot of it (the type is loaded by the first listing, before the
+  // write); without, SQLite's listing. The owner is narrowed in SQL either way.
+  for (size_t memory_index : {size_t{256} << 20, size_t{0}})
   for (const char* narrowing : {"type", "attribute", "owner"}) {
     for (bool serialized : {false, true}) {
-      SCOPED_TRACE(absl::StrFormat("narrowed by %s, serialized %d", narrowing, serialized));
-      auto store = Open(dir.File(absl::StrFormat("entities-%d.db", run++)));
+      SCOPED_TRACE(absl::StrFormat("narrowed by %s, serialized %d, memory index %d", narrowing,
+                                   serialized, memory_index));
+      auto store = Open(dir.File(absl::StrFormat("entities-%d.db", run++)), nullptr, 0,
+                        memory_index);
       ASSERT_NE(store, nullptr);
       auto make = [](const std::string& id, int64_t n) {
         Entity e = MakeEntity(id, n);
@@ -437,6 +451,120 @@ TEST(SqliteStateStore, PageIsOneSnapshotAcrossFetchRounds) {
       EXPECT_EQ(after->attributes().at("n").int_value(), 41);
     }
   }
+}
+
+// The memory index answers as SQLite does: two stores fed the same random
+// writes (same clock), one with the index and one without, give the same
+// pages, tokens and entities for listings by type and by attribute (paths
+// the index serves), by owner and by ids (paths it does not), for Get, and
+// for QuerySerialized.
+TEST(SqliteStateStore, MemoryIndexAnswersAsSqliteDoes) {
+  testing::TempDir dir;
+  SimulatedClock clock(absl::FromUnixSeconds(1800000000));
+  auto indexed = Open(dir.File("indexed.db"), &clock, 3);
+  auto plain = Open(dir.File("plain.db"), &clock, 3, 0);
+  ASSERT_NE(indexed, nullptr);
+  ASSERT_NE(plain, nullptr);
+  std::mt19937 rng(4242);
+  const char* types[] = {kType, "cityos.test.v1.Other"};
+  const char* owners[] = {"city", "grid"};
+  auto random_entity = [&] {
+    Entity e = MakeEntity(absl::StrFormat("e%03d", rng() % 120), rng() % 50, types[rng() % 2]);
+    e.set_owner(owners[rng() % 2]);
+    return e;
+  };
+  std::vector<EntityFilter> filters(5);
+  for (auto& f : filters) f.set_type(types[0]);
+  filters[1].set_type(types[1]);
+  auto* cond = filters[2].add_attributes();
+  cond->set_path("n");
+  cond->set_comparison(exchange::v1::COMPARISON_LESS);
+  cond->mutable_value()->set_int_value(20);
+  filters[3].set_owner("grid");
+  for (int i = 0; i < 120; i += 7) filters[4].add_ids(absl::StrFormat("e%03d", i));
+  int pages = 0;
+  for (int step = 0; step < 60; ++step) {
+    clock.Advance(absl::Seconds(1));
+    std::vector<Entity> batch;
+    const int n = 1 + static_cast<int>(rng() % 12);
+    for (int i = 0; i < n; ++i) batch.push_back(random_entity());
+    auto a = indexed->UpsertBatch(batch);
+    auto b = plain->UpsertBatch(batch);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (size_t k = 0; k < filters.size(); ++k) {
+      SCOPED_TRACE(absl::StrFormat("step %d, filter %d", step, k));
+      // Every third examined entity hidden, on both sides alike.
+      int calls_a = 0, calls_b = 0;
+      const int size = 1 + static_cast<int>(rng() % 9);
+      PageRequest page_a{.page_size = size}, page_b{.page_size = size};
+      page_a.visible = [&](const Entity&) { return ++calls_a % 3 != 0; };
+      page_b.visible = [&](const Entity&) { return ++calls_b % 3 != 0; };
+      for (int guard = 0; guard < 200; ++guard) {
+        auto got = indexed->Query(filters[k], page_a);
+        auto want = plain->Query(filters[k], page_b);
+        ASSERT_TRUE(got.ok()) << got.status();
+        ASSERT_TRUE(want.ok()) << want.status();
+        ++pages;
+        ASSERT_EQ(got->entities.size(), want->entities.size());
+        for (size_t i = 0; i < got->entities.size(); ++i) {
+          EXPECT_EQ(got->entities[i].SerializeAsString(), want->entities[i].SerializeAsString());
+        }
+        EXPECT_EQ(got->next_page_token, want->next_page_token);
+        EXPECT_EQ(calls_a, calls_b);
+        if (want->next_page_token.empty()) break;
+        page_a.page_token = got->next_page_token;
+        page_b.page_token = want->next_page_token;
+      }
+      auto raw_a = indexed->QuerySerialized(filters[k], {.page_size = 50});
+      auto raw_b = plain->QuerySerialized(filters[k], {.page_size = 50});
+      ASSERT_TRUE(raw_a.ok()) << raw_a.status();
+      ASSERT_TRUE(raw_b.ok()) << raw_b.status();
+      EXPECT_EQ(raw_a->entities, raw_b->entities);
+      EXPECT_EQ(raw_a->next_page_token, raw_b->next_page_token);
+    }
+    for (int i = 0; i < 10; ++i) {
+      const std::string id = absl::StrFormat("e%03d", rng() % 130);
+      for (const char* type : types) {
+        auto got = indexed->Get(type, id);
+        auto want = plain->Get(type, id);
+        ASSERT_EQ(got.status(), want.status());
+        if (got.ok()) EXPECT_EQ(got->SerializeAsString(), want->SerializeAsString());
+      }
+    }
+  }
+  EXPECT_GT(pages, 300);
+}
+
+// The memory index mirrors the store's own commits. A write to the file by
+// another connection (another process) is noticed at the store's next write
+// or load: the index is dropped and loaded again, so the external write is
+// then read, and nothing the store wrote is lost.
+TEST(SqliteStateStore, MemoryIndexNoticesAnotherWriter) {
+  testing::TempDir dir;
+  const std::string path = dir.File("e.db");
+  auto store = Open(path);
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->UpsertBatch({MakeEntity("a", 1), MakeEntity("b", 2)}).ok());
+  EntityFilter filter;
+  filter.set_type(kType);
+  ASSERT_EQ(QueryAll(*store, filter, 10).size(), 2u);  // the type is loaded
+
+  // Another connection copies b's state to a new entity c (a valid blob).
+  ASSERT_EQ(ExecElsewhere(path,
+                          "INSERT INTO entities SELECT type, 'c', version, observed_ns, "
+                          "update_ns, lat, lon, owner, data_subject, blob FROM entities "
+                          "WHERE id='b'"),
+            "");
+
+  ASSERT_TRUE(store->Upsert(MakeEntity("d", 4)).ok());
+  std::vector<Entity> all = QueryAll(*store, filter, 10);
+  // c's blob says id "b": the listing returns the stored bytes as they are.
+  ASSERT_EQ(all.size(), 4u);
+  EXPECT_EQ(all[3].id(), "d");
+  EXPECT_TRUE(store->Get(kType, "c").ok());
+  EXPECT_TRUE(store->Get(kType, "d").ok());
+  EXPECT_EQ(*store->CountEntities(), 4u);
 }
 
 // Random entities and filters: the store's answer (SQL narrowing + C++) must

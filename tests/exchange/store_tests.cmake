@@ -12,3 +12,6 @@ cityos_test(exchange_sqlite_transaction_test LABEL exchange
 # store_internal page tokens: the fingerprint's bytes are pinned (tokens
 # outlive a restart), round trips and refusals.
 cityos_test(exchange_page_token_test LABEL exchange SOURCES page_token_test.cc)
+# store_internal::LatestIndex, the store's memory index: snapshots, kept
+# states, the memory budget.
+cityos_test(exchange_latest_index_test LABEL exchange SOURCES latest_index_test.cc)

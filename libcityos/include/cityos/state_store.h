@@ -14,6 +14,7 @@
 #ifndef CITYOS_STATE_STORE_H_
 #define CITYOS_STATE_STORE_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -123,6 +124,11 @@ struct SqliteStateStoreOptions {
   // fsync on every commit (synchronous=FULL) rather than NORMAL (WAL: a
   // crash loses at most the last commits, never corrupts). Default: false.
   bool full_sync = false;
+  // Memory for the latest states of the most recently listed types, served
+  // from memory in front of SQLite (docs/state-store.md, "Memory index"):
+  // a listing narrowed by type only and Get read a resident type without
+  // SQLite. A type is loaded on its first listing, if it fits; 0 = off.
+  size_t memory_index_bytes = size_t{256} << 20;
 };
 
 // The embedded SQLite store (WAL; one writer, readers in parallel).

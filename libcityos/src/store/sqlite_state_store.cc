@@ -42,6 +42,7 @@
 #include "core/strings.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "store/latest_index.h"
 #include "store/page_token.h"
 #include "store/sqlite.h"
 
@@ -52,6 +53,7 @@ using exchange::v1::Entity;
 using exchange::v1::EntityFilter;
 using store_internal::DecodePageToken;
 using store_internal::EncodePageToken;
+using store_internal::LatestIndex;
 using store_internal::Fingerprint;
 using store_internal::SqliteConnection;
 using store_internal::Statement;
@@ -133,6 +135,8 @@ constexpr char kTrimHistory[] = "DELETE FROM history WHERE type=?1 AND id=?2 AND
 constexpr char kGetEntity[] = "SELECT id, blob FROM entities WHERE type=?1 AND id=?2";
 // A listing narrowed by type only, in id order from `?2` on (exclusive).
 constexpr char kListByType[] = "SELECT id, blob FROM entities WHERE type=?1 AND id>?2 ORDER BY id";
+// Every entity of a type, for the memory index.
+constexpr char kLoadType[] = "SELECT id, blob FROM entities WHERE type=?1 ORDER BY id";
 constexpr char kCountEntities[] = "SELECT COUNT(*) FROM entities";
 
 // Nanoseconds since the epoch, saturating (timestamps beyond 1677..2262 only
@@ -511,7 +515,10 @@ class SqliteStateStore final : public StateStore {
       : options_(std::move(options)),
         clock_(options_.clock != nullptr ? options_.clock : Clock::Real()),
         checkpointer_(std::move(checkpointer)),
-        writer_(std::move(writer)) {
+        writer_(std::move(writer)),
+        index_(options_.memory_index_bytes > 0
+                   ? std::make_unique<LatestIndex>(options_.memory_index_bytes)
+                   : nullptr) {
     // Replaces SQLite's automatic checkpoint in the writer's commit.
     sqlite3_wal_hook(writer_->db(), &Checkpointer::OnCommit, checkpointer_.get());
   }
@@ -549,21 +556,30 @@ class SqliteStateStore final : public StateStore {
   absl::StatusOr<Entity> Get(std::string_view type, std::string_view id) override {
     if (type.empty()) return absl::InvalidArgumentError("type is required");
     if (id.empty()) return absl::InvalidArgumentError("id is required");
+    auto parsed = [&](std::string_view state) -> absl::StatusOr<Entity> {
+      Entity entity;
+      if (!entity.ParseFromArray(state.data(), static_cast<int>(state.size()))) {
+        return absl::DataLossError(absl::StrFormat(
+            "entity store %s: stored state of %s \"%s\" does not parse", options_.path, type, id));
+      }
+      return entity;
+    };
+    auto not_found = [&] {
+      return absl::NotFoundError(absl::StrFormat("no entity \"%s\" of type %s", id, type));
+    };
+    if (index_ != nullptr) {
+      if (std::optional<LatestIndex::Found> found = index_->Latest(type, id)) {
+        if (found->state == nullptr) return not_found();
+        return parsed(*found->state);
+      }
+    }
     CITYOS_ASSIGN_OR_RETURN(ReaderLease reader, AcquireReader());
     CITYOS_ASSIGN_OR_RETURN(Statement stmt, reader.get()->Prepare(kGetEntity));
     stmt.BindText(1, type);
     stmt.BindText(2, id);
     CITYOS_ASSIGN_OR_RETURN(bool found, stmt.Step("get entity"));
-    if (!found) {
-      return absl::NotFoundError(absl::StrFormat("no entity \"%s\" of type %s", id, type));
-    }
-    Entity entity;
-    if (!entity.ParseFromArray(stmt.ColumnBlob(1).data(),
-                               static_cast<int>(stmt.ColumnBlob(1).size()))) {
-      return absl::DataLossError(absl::StrFormat(
-          "entity store %s: stored state of %s \"%s\" does not parse", options_.path, type, id));
-    }
-    return entity;
+    if (!found) return not_found();
+    return parsed(stmt.ColumnBlob(1));
   }
 
   absl::StatusOr<EntityPage> Query(const EntityFilter& filter, const PageRequest& page) override {
@@ -603,17 +619,41 @@ class SqliteStateStore final : public StateStore {
       CITYOS_ASSIGN_OR_RETURN(cursor, DecodePageToken(page_token, fingerprint));
     }
 
-    CITYOS_ASSIGN_OR_RETURN(ReaderLease reader, AcquireReader());
-    SqliteConnection* db = reader.get();
+    std::function<bool(const Entity&)> matches;
+    if (filter.ids_size() > 0 || !OnlyType(filter)) {
+      matches = [&filter](const Entity& e) {
+        // An empty row is a listed id that does not exist.
+        return !e.type().empty() && MatchesFilter(filter, e);
+      };
+    }  // else SQL's `type=?1` is the whole filter: every row matches
+
     // One snapshot for the whole page: each entity is returned in its state
-    // when its page was read. A listing that SQL narrows by type only (the
-    // type alone, or with conditions only C++ checks) is one statement,
-    // stepped on from round to round (below): its own read transaction is
-    // that snapshot. Every other listing runs several statements (a fetch
-    // round each) inside one read transaction.
+    // when its page was read. A listing narrowed by type only (the type
+    // alone, or with conditions only C++ checks) reads the memory index
+    // when its type is resident there (a snapshot of it), else it is one
+    // SQLite statement, stepped on from round to round (below): its own read
+    // transaction is that snapshot. Every other listing runs several
+    // statements (a fetch round each) inside one read transaction.
     Narrowing narrowing;
     if (filter.ids_size() == 0) narrowing = NarrowingOf(filter);
     const bool streamed = filter.ids_size() == 0 && narrowing.where.empty();
+    if (streamed && index_ != nullptr) {
+      if (std::optional<LatestIndex::Snapshot> snapshot = OpenResident(filter.type())) {
+        FetchFn fetch;
+        fetch.max_round = 64;
+        fetch.rows = [&](const std::string& after, int limit,
+                         std::vector<Row>* rows) -> absl::Status {
+          snapshot->Next(after, limit, [rows](std::string_view id, std::string_view state) {
+            rows->push_back(Row{std::string(id), std::string(state)});
+          });
+          return absl::OkStatus();
+        };
+        return fill(fetch, std::move(cursor), size, matches, fingerprint);
+      }
+    }
+
+    CITYOS_ASSIGN_OR_RETURN(ReaderLease reader, AcquireReader());
+    SqliteConnection* db = reader.get();
     std::optional<Transaction> txn;
     if (!streamed) {
       CITYOS_ASSIGN_OR_RETURN(Transaction begun, Transaction::Begin(db, "BEGIN"));
@@ -705,13 +745,6 @@ class SqliteStateStore final : public StateStore {
         return absl::OkStatus();
       };
     }
-    std::function<bool(const Entity&)> matches;
-    if (filter.ids_size() > 0 || !OnlyType(filter)) {
-      matches = [&filter](const Entity& e) {
-        // An empty row is a listed id that does not exist.
-        return !e.type().empty() && MatchesFilter(filter, e);
-      };
-    }  // else SQL's `type=?1` is the whole filter: every row matches
     absl::StatusOr<Page> result = fill(fetch, std::move(cursor), size, matches, fingerprint);
     // A read transaction ends as cheaply with COMMIT as with the destructor's
     // ROLLBACK; should it fail, the destructor still ends it. The streamed
@@ -823,14 +856,23 @@ class SqliteStateStore final : public StateStore {
     TimestampToProto(clock_->Now(), &now);
     int64_t now_ns = TimestampNanos(now);
     CITYOS_ASSIGN_OR_RETURN(Transaction txn, Transaction::Begin(db, "BEGIN IMMEDIATE"));
+    // Inside the write transaction: no other connection can commit now.
+    if (index_ != nullptr) CITYOS_RETURN_IF_ERROR(CheckExternalWrites());
     std::string blob;
+    std::vector<LatestIndex::Written> written;
+    if (index_ != nullptr) written.reserve(entities.size());
     for (size_t i = 0; i < entities.size(); ++i) {
       absl::Status status = WriteOne(db, now, now_ns, &entities[i], &blob);
       if (!status.ok()) {
         return entities.size() == 1 ? status : Annotate(status, absl::StrFormat("entities[%d]", i));
       }
+      if (index_ != nullptr) {
+        written.push_back({entities[i].type(), entities[i].id(), std::move(blob)});
+      }
     }
     CITYOS_RETURN_IF_ERROR(txn.Commit());
+    // Still under the writer lock: the index follows commit order.
+    if (index_ != nullptr) index_->Apply(std::move(written));
     return entities;
   }
 
@@ -904,11 +946,84 @@ class SqliteStateStore final : public StateStore {
     return absl::OkStatus();
   }
 
+  // A snapshot of `type` in the memory index, loading the type first when
+  // that is worth trying and no write is under way (a query never waits for
+  // the writer); nullopt: read SQLite.
+  std::optional<LatestIndex::Snapshot> OpenResident(const std::string& type) {
+    if (std::optional<LatestIndex::Snapshot> s = index_->Open(type)) return s;
+    if (!index_->ShouldLoad(type) || !writer_mu_.TryLock()) return std::nullopt;
+    LoadType(type);
+    writer_mu_.Unlock();
+    return index_->Open(type);
+  }
+
+  // Loads every entity of `type` into the memory index (the writer lock
+  // held: no commit falls between the read and the load).
+  void LoadType(const std::string& type) ABSL_EXCLUSIVE_LOCKS_REQUIRED(writer_mu_) {
+    if (absl::Status s = CheckExternalWrites(); !s.ok()) {
+      LogWarn("store", "memory index: cannot load a type",
+              {{"path", options_.path}, {"type", type}, {"error", std::string(s.message())}});
+      return;
+    }
+    const absl::Time start = absl::Now();
+    size_t rows = 0;
+    absl::Status read_status;
+    const bool loaded = index_->Load(type, [&](LatestIndex::RowSink row) {
+      absl::StatusOr<Statement> stmt = writer_->Prepare(kLoadType);
+      if (!stmt.ok()) {
+        read_status = stmt.status();
+        return false;
+      }
+      stmt->BindText(1, type);
+      while (true) {
+        absl::StatusOr<bool> step = stmt->Step("load a type into the memory index");
+        if (!step.ok()) {
+          read_status = step.status();
+          return false;
+        }
+        if (!*step) return true;
+        ++rows;
+        if (!row(stmt->ColumnText(0), stmt->ColumnBlob(1))) return true;
+      }
+    });
+    if (!read_status.ok()) {
+      LogWarn("store", "memory index: cannot load a type",
+              {{"path", options_.path}, {"type", type},
+               {"error", std::string(read_status.message())}});
+    } else if (loaded) {
+      LogInfo("store", "memory index: type loaded",
+              {{"type", type},
+               {"entities", std::to_string(rows)},
+               {"ms", absl::StrFormat("%.1f", absl::ToDoubleMilliseconds(absl::Now() - start))}});
+    }
+  }
+
+  // The memory index mirrors this process's commits only: a commit by
+  // another connection (another process writing the file; SQLite counts it
+  // in the writer connection's data_version) drops it, to be loaded again.
+  absl::Status CheckExternalWrites() ABSL_EXCLUSIVE_LOCKS_REQUIRED(writer_mu_) {
+    CITYOS_ASSIGN_OR_RETURN(Statement stmt, writer_->Prepare("PRAGMA data_version"));
+    CITYOS_ASSIGN_OR_RETURN(bool row, stmt.Step("read data_version"));
+    const int64_t version = row ? stmt.ColumnInt64(0) : 0;
+    if (data_version_.has_value() && *data_version_ != version) {
+      LogWarn("store",
+              "entity store: another connection wrote the database; the memory index is "
+              "dropped and loaded again from it",
+              {{"path", options_.path}});
+      index_->Clear();
+    }
+    data_version_ = version;
+    return absl::OkStatus();
+  }
+
   const SqliteStateStoreOptions options_;
   Clock* const clock_;
   std::unique_ptr<Checkpointer> checkpointer_;
   absl::Mutex writer_mu_;
   const std::unique_ptr<SqliteConnection> writer_ ABSL_PT_GUARDED_BY(writer_mu_);
+  // Null when options_.memory_index_bytes is 0.
+  const std::unique_ptr<LatestIndex> index_;
+  std::optional<int64_t> data_version_ ABSL_GUARDED_BY(writer_mu_);
   // Taken twice per read (borrow, return). An absl::Mutex so that
   // ABSL_GUARDED_BY below is checked (thread-safety analysis).
   absl::Mutex readers_mu_;
