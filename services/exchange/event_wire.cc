@@ -141,13 +141,16 @@ bool RewriteMapField(std::string_view message, uint32_t map_field, const Tokens&
   const bool last = i + 1 == tokens.size();
   const std::string& token = tokens[i];
   wire::Reader r(message);
+  // Fields copied as they are accumulate in one run of bytes, appended when
+  // an entry is dropped or rewritten (and at the end): one append for most
+  // entities rather than one per field.
+  const char* run = r.position();
   while (!r.done()) {
     const char* start = r.position();
     uint32_t number, wire_type;
     if (!r.ReadTag(&number, &wire_type)) return false;
     if (number != map_field || wire_type != wire::kLengthDelimited) {
       if (!r.SkipField(number, wire_type, depth)) return false;
-      out->append(start, static_cast<size_t>(r.position() - start));
       continue;
     }
     std::string_view entry;
@@ -170,10 +173,9 @@ bool RewriteMapField(std::string_view message, uint32_t map_field, const Tokens&
       seen = true;
       (n == 1 ? key : value) = content;
     }
-    if (key != token) {
-      out->append(start, static_cast<size_t>(r.position() - start));
-      continue;
-    }
+    if (key != token) continue;  // copied with the run
+    out->append(run, static_cast<size_t>(start - run));
+    run = r.position();
     if (last) continue;  // redacted
     std::string rewritten;
     if (!RewriteValue(value, tokens, i, true, depth + 2, &rewritten)) return false;
@@ -186,6 +188,7 @@ bool RewriteMapField(std::string_view message, uint32_t map_field, const Tokens&
     AppendField(1, key, out);
     AppendField(2, rewritten, out);
   }
+  out->append(run, static_cast<size_t>(r.position() - run));
   return true;
 }
 
