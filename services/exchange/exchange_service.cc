@@ -567,17 +567,25 @@ grpc::Status ExchangeServiceImpl::QueryToWire(grpc::ServerContextBase* context,
   // type, worked out once per distinct obligations and type on each thread
   // (the PDP's cache holds one decision per distinct set of the attributes
   // rules read, and their obligations are those of the few rules that
-  // allowed them). Looked up by the
-  // obligations' bytes, which the response needs anyway.
+  // allowed them). Looked up by the decision (the PDP's cache hands out the
+  // same one until it changes), then by the obligations' bytes, which the
+  // response needs anyway.
   struct Applying {
+    // The last decision with these obligations; held, so that its address
+    // is not reused by another decision while it identifies this entry.
+    std::shared_ptr<const Decision> decision;
     std::string type;
     std::string obligations;  // the obligations as Entity field 15
     std::optional<EntityWireRedaction> wire;  // nullopt: parse, apply, serialize
   };
-  static thread_local std::array<std::unique_ptr<const Applying>, 4> applying_cache;
+  static thread_local std::array<std::unique_ptr<Applying>, 4> applying_cache;
   static thread_local size_t applying_next = 0;
   std::string obligations_bytes;
-  auto applying_for = [&](const Decision& d) -> const Applying& {
+  auto applying_for = [&](const std::shared_ptr<const Decision>& decision) -> const Applying& {
+    for (const auto& a : applying_cache) {
+      if (a != nullptr && a->decision == decision && a->type == filter.type()) return *a;
+    }
+    const Decision& d = *decision;
     obligations_bytes.clear();
     for (const Obligation& o : d.obligations) {
       wire::AppendLengthDelimitedHeader(15, o.ByteSizeLong(), &obligations_bytes);
@@ -585,10 +593,12 @@ grpc::Status ExchangeServiceImpl::QueryToWire(grpc::ServerContextBase* context,
     }
     for (const auto& a : applying_cache) {
       if (a != nullptr && a->obligations == obligations_bytes && a->type == filter.type()) {
+        a->decision = decision;
         return *a;
       }
     }
     auto a = std::make_unique<Applying>();
+    a->decision = decision;
     a->type = filter.type();
     a->obligations = obligations_bytes;
     // Obligations the applier refuses withhold the entity (below, on the
@@ -599,7 +609,7 @@ grpc::Status ExchangeServiceImpl::QueryToWire(grpc::ServerContextBase* context,
     if (applier.Apply(d.obligations, &probe).ok()) {
       a->wire = EntityWireRedaction::Compile(d.obligations, filter.type());
     }
-    std::unique_ptr<const Applying>& slot = applying_cache[applying_next++ % applying_cache.size()];
+    std::unique_ptr<Applying>& slot = applying_cache[applying_next++ % applying_cache.size()];
     slot = std::move(a);
     return *slot;
   };
@@ -617,7 +627,7 @@ grpc::Status ExchangeServiceImpl::QueryToWire(grpc::ServerContextBase* context,
       response->append(stored);
       continue;
     }
-    const Applying& a = applying_for(d);
+    const Applying& a = applying_for(decisions[i]);
     entity.clear();
     if (a.wire.has_value() && a.wire->Apply(stored, &entity)) {
       // Obligations (field 15, the last) are listed after the attributes,
