@@ -286,6 +286,23 @@ Narrowing NarrowingOf(const EntityFilter& filter) {
   return n;
 }
 
+// The fingerprint of a query's tokens: its filter and the caller's context.
+// A client paging through a listing asks the same query page after page, so
+// each thread keeps the last one it computed (the hash is most of the cost).
+std::string QueryFingerprint(const EntityFilter& filter, std::string_view token_context) {
+  struct Last {
+    std::string filter, context, fingerprint;
+  };
+  static thread_local Last last;
+  std::string bytes = DeterministicBytes(filter);
+  if (last.fingerprint.empty() || bytes != last.filter || token_context != last.context) {
+    last.fingerprint = Fingerprint({"query", bytes, token_context});
+    last.filter = std::move(bytes);
+    last.context.assign(token_context.data(), token_context.size());
+  }
+  return last.fingerprint;
+}
+
 // Whether `filter` states nothing but its type (which the SQL always narrows
 // on), so that MatchesFilter cannot reject a row the SQL returned.
 bool OnlyType(const EntityFilter& filter) {
@@ -613,7 +630,7 @@ class SqliteStateStore final : public StateStore {
     if (filter.type().empty()) return absl::InvalidArgumentError("filter.type is required");
     CITYOS_RETURN_IF_ERROR(ValidateFilter(filter));
     CITYOS_ASSIGN_OR_RETURN(int size, EffectivePageSize(page_size));
-    std::string fingerprint = Fingerprint({"query", DeterministicBytes(filter), token_context});
+    std::string fingerprint = QueryFingerprint(filter, token_context);
     std::string cursor;  // every id is > "" (ids are never empty)
     if (!page_token.empty()) {
       CITYOS_ASSIGN_OR_RETURN(cursor, DecodePageToken(page_token, fingerprint));
