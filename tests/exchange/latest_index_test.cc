@@ -136,6 +136,7 @@ TEST(LatestIndex, EmptyTypeIsNotKept) {
   LatestIndex index(kBig);
   EXPECT_FALSE(LoadRows(index, "nothing", {}));
   EXPECT_EQ(index.resident_types(), 0u);
+  EXPECT_TRUE(index.none_resident());
   EXPECT_TRUE(index.ShouldLoad("nothing"));
 }
 
@@ -177,6 +178,7 @@ TEST(LatestIndex, LoadThatDoesNotFitIsRefusedUntilThereIsRoom) {
   EXPECT_FALSE(LoadRows(index, "big", big));
   EXPECT_FALSE(index.Open("big").has_value());
   EXPECT_EQ(index.resident_types(), 1u);
+  EXPECT_FALSE(index.none_resident());
   // Refused for a size that still does not fit: not tried again.
   EXPECT_FALSE(index.ShouldLoad("big"));
   EXPECT_TRUE(index.Open("small").has_value());
@@ -206,6 +208,7 @@ TEST(LatestIndex, GrowthOverBudgetDropsTheLeastRecentlyListedType) {
   Write(index, "old", {{"o3", state}, {"o4", state}, {"o5", state}, {"o6", state},
                        {"o7", state}, {"o8", state}});
   EXPECT_EQ(index.resident_types(), 0u);
+  EXPECT_TRUE(index.none_resident());
   EXPECT_EQ(index.bytes(), 0u);
   EXPECT_EQ(ReadAll(*reopened), (Rows{{"o1", state}, {"o2", state}}));
   EXPECT_EQ(ReadAll(*kept), (Rows{{"o1", state}, {"o2", state}}));
@@ -215,7 +218,9 @@ TEST(LatestIndex, ClearDropsEverythingButOpenSnapshotsStillRead) {
   LatestIndex index(kBig);
   ASSERT_TRUE(LoadRows(index, "t", {{"a", "a1"}}));
   std::optional<LatestIndex::Snapshot> s = index.Open("t");
+  EXPECT_FALSE(index.none_resident());
   index.Clear();
+  EXPECT_TRUE(index.none_resident());
   EXPECT_FALSE(index.Open("t").has_value());
   EXPECT_EQ(index.bytes(), 0u);
   EXPECT_TRUE(index.ShouldLoad("t"));

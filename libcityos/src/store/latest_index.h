@@ -21,6 +21,7 @@
 #ifndef CITYOS_STORE_LATEST_INDEX_H_
 #define CITYOS_STORE_LATEST_INDEX_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -111,6 +112,10 @@ class LatestIndex {
   // Drops every type (e.g. when another process wrote the database).
   void Clear();
 
+  // Whether no type is resident, so that a commit has nothing to apply.
+  // Exact under the store's writer lock (residency changes only under it).
+  bool none_resident() const { return resident_.load(std::memory_order_acquire) == 0; }
+
   // For tests and metrics.
   size_t bytes();
   size_t resident_types();
@@ -127,6 +132,7 @@ class LatestIndex {
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;  // ticks on every Open, for LRU
   absl::flat_hash_map<std::string, std::unique_ptr<TypeState>> types_ ABSL_GUARDED_BY(mu_);
+  std::atomic<size_t> resident_{0};  // resident types; changed under mu_
   // Open snapshots: commit -> how many. Taken while mu_ is held (at least
   // shared), so a writer holding mu_ exclusively sees every snapshot that
   // can read what it prunes.

@@ -876,20 +876,21 @@ class SqliteStateStore final : public StateStore {
     // Inside the write transaction: no other connection can commit now.
     if (index_ != nullptr) CITYOS_RETURN_IF_ERROR(CheckExternalWrites());
     std::string blob;
+    // The states of the batch for the memory index, when a type is resident
+    // (none is when no listing has loaded one: nothing to copy then).
+    const bool indexing = index_ != nullptr && !index_->none_resident();
     std::vector<LatestIndex::Written> written;
-    if (index_ != nullptr) written.reserve(entities.size());
+    if (indexing) written.reserve(entities.size());
     for (size_t i = 0; i < entities.size(); ++i) {
       absl::Status status = WriteOne(db, now, now_ns, &entities[i], &blob);
       if (!status.ok()) {
         return entities.size() == 1 ? status : Annotate(status, absl::StrFormat("entities[%d]", i));
       }
-      if (index_ != nullptr) {
-        written.push_back({entities[i].type(), entities[i].id(), std::move(blob)});
-      }
+      if (indexing) written.push_back({entities[i].type(), entities[i].id(), std::move(blob)});
     }
     CITYOS_RETURN_IF_ERROR(txn.Commit());
     // Still under the writer lock: the index follows commit order.
-    if (index_ != nullptr) index_->Apply(std::move(written));
+    if (indexing) index_->Apply(std::move(written));
     return entities;
   }
 
