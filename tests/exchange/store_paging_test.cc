@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
+#include "cityos/metrics.h"
 #include "cityos/state_store.h"
 #include "gtest/gtest.h"
 #include "testutil.h"
@@ -245,6 +246,19 @@ TEST_P(SqliteStateStorePaging, PagesAreSnapshotsUnderConcurrentBatches) {
     return batch;
   };
   ASSERT_TRUE(store.UpsertBatch(generation(0)).ok());
+  EntityFilter filter;
+  filter.set_type(kType);
+  if (GetParam().by_owner) filter.set_owner("city");
+  // A first listing, before the writer starts: with the memory index, the
+  // type is resident from here on, so every page below reads it.
+  ASSERT_TRUE(store.Query(filter, {.page_size = 1}).ok());
+  auto memory_listings = [] {
+    return MetricsRegistry::Global()
+        .AddCounterFamily("cityos_store_reads_total", "", {"kind", "path"})
+        .WithLabels({"listing", "memory"})
+        .Value();
+  };
+  const uint64_t memory_before = memory_listings();
   std::atomic<bool> done{false};
   std::thread writer([&] {
     for (int64_t g = 1; g <= 150; ++g) {
@@ -252,13 +266,16 @@ TEST_P(SqliteStateStorePaging, PagesAreSnapshotsUnderConcurrentBatches) {
     }
     done.store(true);
   });
-  EntityFilter filter;
-  filter.set_type(kType);
-  if (GetParam().by_owner) filter.set_owner("city");
-  int pages = 0;
+  int pages = 0, passes = 0;
   PageRequest page{.page_size = 20};
   int examined = 0;
-  page.visible = [&](const Entity&) { return ++examined % 4 == 0; };
+  // Every pass over the listing (all its pages) examines each entity once.
+  std::set<std::string> pass;
+  bool duplicate = false;
+  page.visible = [&](const Entity& e) {
+    duplicate |= !pass.insert(e.id()).second;
+    return ++examined % 4 == 0;
+  };
   // EXPECT and break, not ASSERT: the writer thread is joined either way.
   while (!done.load() || pages < 50) {
     auto result = store.Query(filter, page);
@@ -272,8 +289,22 @@ TEST_P(SqliteStateStorePaging, PagesAreSnapshotsUnderConcurrentBatches) {
     EXPECT_LE(generations.size(), 1u) << "page " << pages << " mixes generations";
     if (generations.size() > 1) break;
     page.page_token = result->next_page_token;
+    if (page.page_token.empty()) {
+      ++passes;
+      EXPECT_EQ(pass.size(), static_cast<size_t>(kEntities)) << "pass " << passes;
+      EXPECT_FALSE(duplicate) << "pass " << passes;
+      if (pass.size() != kEntities || duplicate) break;
+      pass.clear();
+    }
   }
   writer.join();
+  EXPECT_GT(passes, 0);
+  const uint64_t from_memory = memory_listings() - memory_before;
+  if (GetParam().memory_index > 0 && !GetParam().by_owner) {
+    EXPECT_EQ(from_memory, static_cast<uint64_t>(pages));
+  } else {
+    EXPECT_EQ(from_memory, 0u);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

@@ -14,6 +14,7 @@
 #include "absl/time/time.h"
 #include "cityos/clock.h"
 #include "cityos/entity.h"
+#include "cityos/metrics.h"
 #include "cityos/proto_time.h"
 #include "cityos/state_store.h"
 #include "gtest/gtest.h"
@@ -85,6 +86,22 @@ std::string ExecElsewhere(const std::string& path, const char* sql) {
   if (sqlite3_exec(db, sql, nullptr, nullptr, nullptr) != SQLITE_OK) error = sqlite3_errmsg(db);
   sqlite3_close(db);
   return error;
+}
+
+// cityos_store_reads_total{kind, path}: which path served the store's reads
+// (the metric is process-wide; the tests of a binary run one at a time).
+uint64_t Reads(std::string_view kind, std::string_view path) {
+  return MetricsRegistry::Global()
+      .AddCounterFamily("cityos_store_reads_total", "", {"kind", "path"})
+      .WithLabels({kind, path})
+      .Value();
+}
+
+uint64_t Loads(std::string_view result) {
+  return MetricsRegistry::Global()
+      .AddCounterFamily("cityos_store_memory_index_loads_total", "", {"result"})
+      .WithLabels({result})
+      .Value();
 }
 
 std::vector<std::string> Ids(const std::vector<Entity>& entities) {
@@ -483,6 +500,8 @@ TEST(SqliteStateStore, MemoryIndexAnswersAsSqliteDoes) {
   filters[3].set_owner("grid");
   for (int i = 0; i < 120; i += 7) filters[4].add_ids(absl::StrFormat("e%03d", i));
   int pages = 0;
+  const uint64_t memory_listings = Reads("listing", "memory");
+  const uint64_t memory_gets = Reads("get", "memory");
   for (int step = 0; step < 60; ++step) {
     clock.Advance(absl::Seconds(1));
     std::vector<Entity> batch;
@@ -534,6 +553,95 @@ TEST(SqliteStateStore, MemoryIndexAnswersAsSqliteDoes) {
     }
   }
   EXPECT_GT(pages, 300);
+  // The indexed store did serve from memory (the plain one never does).
+  EXPECT_GT(Reads("listing", "memory") - memory_listings, static_cast<uint64_t>(pages) / 4);
+  EXPECT_GT(Reads("get", "memory") - memory_gets, 0u);
+}
+
+// A budget too small for a type: its listings read SQLite (refused without
+// a load); a type that grows past the budget is dropped and read from
+// SQLite from then on; answers stay right throughout.
+TEST(SqliteStateStore, MemoryIndexBudgetRefusesAndDrops) {
+  testing::TempDir dir;
+  // ~330 bytes per small entity as counted (128 + 64 + id + blob).
+  auto store = Open(dir.File("e.db"), nullptr, 0, 8 * 1024);
+  ASSERT_NE(store, nullptr);
+  const char* kSmall = "cityos.test.v1.Small";
+  const char* kLarge = "cityos.test.v1.Large";
+  std::vector<Entity> batch;
+  for (int i = 0; i < 10; ++i) batch.push_back(MakeEntity(absl::StrFormat("s%02d", i), i, kSmall));
+  for (int i = 0; i < 100; ++i) batch.push_back(MakeEntity(absl::StrFormat("l%03d", i), i, kLarge));
+  ASSERT_TRUE(store->UpsertBatch(batch).ok());
+  EntityFilter small, large;
+  small.set_type(kSmall);
+  large.set_type(kLarge);
+
+  const uint64_t refused = Loads("refused"), loaded = Loads("loaded");
+  uint64_t memory = Reads("listing", "memory"), sqlite = Reads("listing", "sqlite");
+  EXPECT_EQ(QueryAll(*store, small, 100).size(), 10u);
+  EXPECT_EQ(Loads("loaded") - loaded, 1u);
+  EXPECT_EQ(Reads("listing", "memory") - memory, 1u);
+  EXPECT_EQ(QueryAll(*store, large, 30).size(), 100u);  // 4 pages
+  EXPECT_EQ(Loads("refused") - refused, 1u);            // sized once, not loaded
+  EXPECT_EQ(Reads("listing", "sqlite") - sqlite, 4u);
+  EXPECT_EQ(QueryAll(*store, large, 100).size(), 100u);
+  EXPECT_EQ(Loads("refused") - refused, 1u);  // remembered: not sized again
+
+  // The small type grows past the budget: dropped, and read from SQLite.
+  std::vector<Entity> more;
+  for (int i = 10; i < 40; ++i) more.push_back(MakeEntity(absl::StrFormat("s%02d", i), i, kSmall));
+  ASSERT_TRUE(store->UpsertBatch(more).ok());
+  memory = Reads("listing", "memory");
+  sqlite = Reads("listing", "sqlite");
+  std::vector<Entity> all = QueryAll(*store, small, 100);
+  ASSERT_EQ(all.size(), 40u);
+  EXPECT_EQ(all.back().id(), "s39");
+  EXPECT_EQ(Reads("listing", "memory") - memory, 0u);
+  EXPECT_EQ(Reads("listing", "sqlite") - sqlite, 1u);
+  auto got = store->Get(kSmall, "s05");
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->attributes().at("n").int_value(), 5);
+}
+
+// Listings of a type with no entities try one load, not one per listing;
+// its first entity is listed (from memory) right after it is written.
+TEST(SqliteStateStore, MemoryIndexRemembersEmptyTypes) {
+  testing::TempDir dir;
+  auto store = Open(dir.File("e.db"));
+  ASSERT_NE(store, nullptr);
+  EntityFilter filter;
+  filter.set_type(kType);
+  const uint64_t empty = Loads("empty");
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(QueryAll(*store, filter, 10).empty());
+  EXPECT_EQ(Loads("empty") - empty, 1u);
+  ASSERT_TRUE(store->Upsert(MakeEntity("a", 1)).ok());
+  const uint64_t memory = Reads("listing", "memory");
+  EXPECT_EQ(Ids(QueryAll(*store, filter, 10)), std::vector<std::string>{"a"});
+  EXPECT_EQ(Reads("listing", "memory") - memory, 1u);
+}
+
+// A stored state that does not parse fails the same way from memory as from
+// SQLite: DATA_LOSS for Get and for a listing that reaches it.
+TEST(SqliteStateStore, MemoryIndexUnreadableStateIsDataLoss) {
+  testing::TempDir dir;
+  for (size_t memory_index : {size_t{256} << 20, size_t{0}}) {
+    SCOPED_TRACE(memory_index);
+    const std::string path = dir.File(absl::StrFormat("e-%d.db", memory_index));
+    auto store = Open(path, nullptr, 0, memory_index);
+    ASSERT_NE(store, nullptr);
+    ASSERT_TRUE(store->UpsertBatch({MakeEntity("a", 1), MakeEntity("b", 2)}).ok());
+    ASSERT_EQ(ExecElsewhere(path, "UPDATE entities SET blob=x'ffffffff' WHERE id='b'"), "");
+    ASSERT_TRUE(store->Upsert(MakeEntity("c", 3)).ok());  // notices the other writer
+    EntityFilter filter;
+    filter.set_type(kType);
+    const uint64_t memory = Reads("listing", "memory");
+    auto page = store->Query(filter, {.page_size = 10});
+    EXPECT_EQ(page.status().code(), absl::StatusCode::kDataLoss) << page.status();
+    EXPECT_EQ(Reads("listing", "memory") - memory, memory_index > 0 ? 1u : 0u);
+    auto b = store->Get(kType, "b");
+    EXPECT_EQ(b.status().code(), absl::StatusCode::kDataLoss) << b.status();
+    EXPECT_NE(b.status().message().find("does not parse"), std::string::npos) << b.status();
+  }
 }
 
 // The memory index mirrors the store's own commits. A write to the file by
@@ -565,6 +673,23 @@ TEST(SqliteStateStore, MemoryIndexNoticesAnotherWriter) {
   EXPECT_TRUE(store->Get(kType, "c").ok());
   EXPECT_TRUE(store->Get(kType, "d").ok());
   EXPECT_EQ(*store->CountEntities(), 4u);
+
+  // Noticed at a load too: another connection changes a's state and adds
+  // an entity of another type; the first listing of that type (a load, no
+  // write) drops the index, so a's new state is read next.
+  ASSERT_EQ(ExecElsewhere(path,
+                          "UPDATE entities SET blob=(SELECT blob FROM entities WHERE id='d') "
+                          "WHERE id='a'; "
+                          "INSERT INTO entities SELECT 'cityos.test.v1.Other', id, version, "
+                          "observed_ns, update_ns, lat, lon, owner, data_subject, blob "
+                          "FROM entities WHERE id='d'"),
+            "");
+  EntityFilter other;
+  other.set_type("cityos.test.v1.Other");
+  EXPECT_EQ(QueryAll(*store, other, 10).size(), 1u);
+  all = QueryAll(*store, filter, 10);
+  ASSERT_EQ(all.size(), 4u);
+  EXPECT_EQ(all[0].id(), "d");  // a's stored bytes are now d's
 }
 
 // Random entities and filters: the store's answer (SQL narrowing + C++) must

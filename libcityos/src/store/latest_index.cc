@@ -1,7 +1,6 @@
 #include "store/latest_index.h"
 
 #include <algorithm>
-#include <atomic>
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
@@ -11,11 +10,29 @@
 namespace cityos::store_internal {
 namespace {
 
-// What one state costs beyond its bytes (its string, the shared_ptr's
-// control block, the version record).
-constexpr size_t kVersionOverhead = 64;
-
 absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+// One series of a counter family with one label.
+Counter LabelledCounter(std::string_view name, std::string_view help, std::string_view label,
+                        std::string_view value) {
+  return MetricsRegistry::Global()
+      .AddCounterFamily(name, help, {std::string(label)})
+      .WithLabels({value});
+}
+
+Counter LoadsCounter(std::string_view result) {
+  return LabelledCounter("cityos_store_memory_index_loads_total",
+                         "Types the entity store's memory index tried to load, by result: "
+                         "loaded, refused (too large for the budget), empty, failed.",
+                         "result", result);
+}
+
+Counter DroppedCounter(std::string_view reason) {
+  return LabelledCounter("cityos_store_memory_index_dropped_total",
+                         "Resident types the memory index dropped, by reason: budget (writes "
+                         "grew past it), other_writer (another connection wrote the file).",
+                         "reason", reason);
+}
 
 }  // namespace
 
@@ -25,7 +42,7 @@ struct LatestIndex::TypeEntities {
     std::shared_ptr<const std::string> state;
   };
   struct Entry {
-    // Newest first; all but the first only while an open snapshot may need
+    // Newest first; all but the first only while an open snapshot reads
     // them.
     absl::InlinedVector<Version, 1> versions;
   };
@@ -35,13 +52,26 @@ struct LatestIndex::TypeEntities {
 struct LatestIndex::TypeState {
   std::shared_ptr<TypeEntities> entities;  // null: not resident
   size_t bytes = 0;                        // resident: what its entities cost
-  // Not resident: the size it was refused or dropped at (0 = never tried).
+  // Not resident: the size it was refused or dropped at (0 = never).
   size_t refused_bytes = 0;
   std::atomic<uint64_t> last_open{0};
 };
 
-LatestIndex::LatestIndex(size_t budget_bytes) : budget_(budget_bytes) {}
-LatestIndex::~LatestIndex() = default;
+LatestIndex::LatestIndex(size_t budget_bytes)
+    : budget_(budget_bytes),
+      bytes_gauge_(MetricsRegistry::Global().AddGauge(
+          "cityos_store_memory_index_bytes",
+          "Bytes the entity stores' memory indexes hold (states plus fixed per-entity and "
+          "per-state overheads), summed over the stores of the process.")),
+      loaded_(LoadsCounter("loaded")),
+      refused_(LoadsCounter("refused")),
+      dropped_budget_(DroppedCounter("budget")),
+      dropped_cleared_(DroppedCounter("other_writer")) {}
+
+LatestIndex::~LatestIndex() {
+  absl::MutexLock lock(&mu_);
+  SetBytes(0);
+}
 
 LatestIndex::Snapshot::Snapshot(Snapshot&& other) noexcept
     : index_(std::exchange(other.index_, nullptr)),
@@ -74,8 +104,7 @@ std::optional<LatestIndex::Snapshot> LatestIndex::Open(std::string_view type) {
   absl::ReaderMutexLock lock(&mu_);
   auto it = types_.find(AV(type));
   if (it == types_.end() || it->second->entities == nullptr) return std::nullopt;
-  static std::atomic<uint64_t> ticks{0};
-  it->second->last_open.store(ticks.fetch_add(1, std::memory_order_relaxed) + 1,
+  it->second->last_open.store(ticks_.fetch_add(1, std::memory_order_relaxed) + 1,
                               std::memory_order_relaxed);
   {
     absl::MutexLock snapshots(&snapshots_mu_);
@@ -88,6 +117,14 @@ void LatestIndex::Release(uint64_t commit) {
   absl::MutexLock lock(&snapshots_mu_);
   auto it = snapshots_.find(commit);
   if (it != snapshots_.end() && --it->second == 0) snapshots_.erase(it);
+}
+
+LatestIndex::OpenCommits LatestIndex::OpenSnapshotCommits() {
+  OpenCommits open;
+  absl::MutexLock snapshots(&snapshots_mu_);
+  open.reserve(snapshots_.size());
+  for (const auto& [at, count] : snapshots_) open.push_back(at);
+  return open;
 }
 
 std::optional<LatestIndex::Found> LatestIndex::Latest(std::string_view type,
@@ -103,18 +140,37 @@ std::optional<LatestIndex::Found> LatestIndex::Latest(std::string_view type,
 
 bool LatestIndex::ShouldLoad(std::string_view type) {
   absl::ReaderMutexLock lock(&mu_);
+  if (empty_.contains(AV(type))) return false;
   auto it = types_.find(AV(type));
   if (it == types_.end()) return true;
   const TypeState& t = *it->second;
   return t.entities == nullptr && t.refused_bytes <= budget_ - std::min(budget_, bytes_);
 }
 
-bool LatestIndex::Load(std::string_view type, absl::FunctionRef<bool(RowSink row)> read) {
+bool LatestIndex::Fits(std::string_view type, size_t estimated_bytes) {
+  absl::MutexLock lock(&mu_);
+  const size_t room = budget_ - std::min(budget_, bytes_);
+  if (estimated_bytes <= room) return true;
+  std::unique_ptr<TypeState>& t = types_[AV(type)];
+  if (t == nullptr) t = std::make_unique<TypeState>();
+  if (t->entities == nullptr) t->refused_bytes = std::max<size_t>(estimated_bytes, 1);
+  refused_.Add();
+  LogInfo("store", "memory index: a type does not fit; its listings read SQLite",
+          {{"type", std::string(type)},
+           {"bytes", std::to_string(estimated_bytes)},
+           {"room", std::to_string(room)}});
+  return false;
+}
+
+LatestIndex::LoadResult LatestIndex::Load(std::string_view type,
+                                          absl::FunctionRef<bool(RowSink row)> read) {
   size_t room;
   {
     absl::ReaderMutexLock lock(&mu_);
     auto it = types_.find(AV(type));
-    if (it != types_.end() && it->second->entities != nullptr) return true;
+    if (it != types_.end() && it->second->entities != nullptr) {
+      return LoadResult::kAlreadyResident;
+    }
     room = budget_ - std::min(budget_, bytes_);
   }
   // Only the store's writer-lock holders (Load, Apply, Clear) change the
@@ -136,44 +192,86 @@ bool LatestIndex::Load(std::string_view type, absl::FunctionRef<bool(RowSink row
     return true;
   });
   absl::MutexLock lock(&mu_);
-  std::unique_ptr<TypeState>& t = types_[AV(type)];
-  if (t == nullptr) t = std::make_unique<TypeState>();
+  if (!read_ok) {
+    LoadsCounter("failed").Add();
+    return LoadResult::kFailed;
+  }
   if (!fits) {
+    std::unique_ptr<TypeState>& t = types_[AV(type)];
+    if (t == nullptr) t = std::make_unique<TypeState>();
     t->refused_bytes = bytes;
+    refused_.Add();
     LogInfo("store", "memory index: a type does not fit; its listings read SQLite",
             {{"type", std::string(type)},
              {"bytes_at_least", std::to_string(bytes)},
              {"room", std::to_string(room)}});
-    return false;
+    return LoadResult::kRefused;
   }
-  if (!read_ok || entities->by_id.empty()) {
-    // Nothing learned; an empty type is not kept (a listing of a type with
-    // no entities costs SQLite nothing, and unknown names must not fill the
-    // index).
-    if (t->refused_bytes == 0) types_.erase(AV(type));
-    return false;
+  if (entities->by_id.empty()) {
+    // Not kept (unknown type names must not fill the index), but remembered
+    // until its first write, so its listings do not try again each time.
+    if (empty_.size() >= kMaxEmptyTypes) empty_.clear();
+    empty_.emplace(AV(type));
+    UpdateWantsCommits();
+    LoadsCounter("empty").Add();
+    return LoadResult::kEmpty;
   }
+  std::unique_ptr<TypeState>& t = types_[AV(type)];
+  if (t == nullptr) t = std::make_unique<TypeState>();
   // The states are those of the last commit: every snapshot opened from now
   // on is at or after it.
   for (auto& [id, entry] : entities->by_id) entry.versions.front().commit = commit_;
   t->entities = std::move(entities);
-  resident_.fetch_add(1, std::memory_order_release);
   t->bytes = bytes;
   t->refused_bytes = 0;
-  bytes_ += bytes;
-  return true;
+  // Listed now (the load is for a listing): not the first to be dropped.
+  t->last_open.store(ticks_.fetch_add(1, std::memory_order_relaxed) + 1,
+                     std::memory_order_relaxed);
+  ++resident_;
+  UpdateWantsCommits();
+  SetBytes(bytes_ + bytes);
+  loaded_.Add();
+  return LoadResult::kLoaded;
+}
+
+size_t LatestIndex::Prune(TypeState& t, std::string_view type, std::string_view id,
+                          const OpenCommits& open) {
+  auto e = t.entities->by_id.find(AV(id));
+  if (e == t.entities->by_id.end()) return 0;
+  auto& versions = e->second.versions;
+  // An older state is kept while an open snapshot reads it: one at or after
+  // the state's commit and before the commit of the state that replaced it.
+  // (Dropping a state no snapshot reads changes what no snapshot reads, so
+  // each is judged against its original neighbour.)
+  size_t kept = 1, freed = 0;
+  uint64_t newer = versions[0].commit;
+  for (size_t i = 1; i < versions.size(); ++i) {
+    const uint64_t at = versions[i].commit;
+    auto reader = std::lower_bound(open.begin(), open.end(), at);
+    if (reader != open.end() && *reader < newer) {
+      if (kept != i) versions[kept] = std::move(versions[i]);
+      ++kept;
+    } else {
+      freed += kVersionOverhead + versions[i].state->size();
+    }
+    newer = at;
+  }
+  versions.erase(versions.begin() + static_cast<ptrdiff_t>(kept), versions.end());
+  if (versions.size() > 1) {
+    // Looked at again once the snapshots reading the older states closed.
+    kept_.push_back(Kept{std::string(type), std::string(id), versions[0].commit});
+  }
+  t.bytes -= freed;
+  return freed;
 }
 
 void LatestIndex::Apply(std::vector<Written> batch) {
   absl::MutexLock lock(&mu_);
   const uint64_t commit = ++commit_;
-  // The commits of the open snapshots, ascending. A snapshot opened from
-  // now on is at `commit`, and reads the newest states only.
-  absl::InlinedVector<uint64_t, 8> open;
-  {
-    absl::MutexLock snapshots(&snapshots_mu_);
-    for (const auto& [at, count] : snapshots_) open.push_back(at);
-  }
+  // The commits of the open snapshots. A snapshot opened from now on is at
+  // `commit`, and reads the newest states only.
+  const OpenCommits open = OpenSnapshotCommits();
+  size_t bytes = bytes_;
   TypeState* t = nullptr;
   std::string_view t_name;
   for (Written& w : batch) {
@@ -181,47 +279,38 @@ void LatestIndex::Apply(std::vector<Written> batch) {
       auto it = types_.find(AV(w.type));
       t = it == types_.end() || it->second->entities == nullptr ? nullptr : it->second.get();
       t_name = w.type;
+      if (t == nullptr && !empty_.empty()) empty_.erase(AV(w.type));  // it has entities now
     }
     if (t == nullptr) continue;
-    auto& by_id = t->entities->by_id;
-    auto [e, inserted] = by_id.try_emplace(AV(w.id));
+    auto [e, inserted] = t->entities->by_id.try_emplace(AV(w.id));
     auto& versions = e->second.versions;
-    if (inserted) t->bytes += kEntryOverhead + w.id.size();
-    const size_t state_bytes = kVersionOverhead + w.state.size();
+    size_t added = kVersionOverhead + w.state.size();
+    if (inserted) added += kEntryOverhead + w.id.size();
     auto state = std::make_shared<const std::string>(std::move(w.state));
     if (!versions.empty() && versions.front().commit == commit) {
       // The same entity twice in one batch: only the last state is visible.
-      t->bytes -= kVersionOverhead + versions.front().state->size();
+      const size_t replaced = kVersionOverhead + versions.front().state->size();
+      t->bytes -= replaced;
+      bytes -= replaced;
       versions.front().state = std::move(state);
     } else {
       versions.insert(versions.begin(), TypeEntities::Version{commit, std::move(state)});
     }
-    t->bytes += state_bytes;
-    // An older state is kept while an open snapshot reads it: one at or
-    // after the state's commit and before the commit of the state that
-    // replaced it. (Dropping a state no snapshot reads changes what no
-    // snapshot reads, so each is judged against its original neighbour.)
-    size_t kept = 1;
-    uint64_t newer = versions[0].commit;
-    for (size_t i = 1; i < versions.size(); ++i) {
-      const uint64_t at = versions[i].commit;
-      auto reader = std::lower_bound(open.begin(), open.end(), at);
-      if (reader != open.end() && *reader < newer) {
-        if (kept != i) versions[kept] = std::move(versions[i]);
-        ++kept;
-      } else {
-        t->bytes -= kVersionOverhead + versions[i].state->size();
-      }
-      newer = at;
-    }
-    versions.erase(versions.begin() + static_cast<ptrdiff_t>(kept), versions.end());
+    t->bytes += added;
+    bytes += added;
+    if (versions.size() > 1) bytes -= Prune(*t, w.type, w.id, open);
   }
-  // Totals from the types' own counts (cheaper than tracking each change).
-  size_t total = 0;
-  for (const auto& [name, type] : types_) {
-    if (type->entities != nullptr) total += type->bytes;
+  // Entities that kept older states for snapshots now closed.
+  const uint64_t oldest_open = open.empty() ? commit + 1 : open.front();
+  while (!kept_.empty() && kept_.front().newest <= oldest_open) {
+    Kept k = std::move(kept_.front());
+    kept_.pop_front();
+    auto it = types_.find(AV(k.type));
+    if (it == types_.end() || it->second->entities == nullptr) continue;
+    bytes -= Prune(*it->second, k.type, k.id, open);
   }
-  bytes_ = total;
+  UpdateWantsCommits();
+  SetBytes(bytes);
   if (bytes_ > budget_) EvictOverBudget();
 }
 
@@ -242,19 +331,34 @@ void LatestIndex::EvictOverBudget() {
             {{"type", *lru_name},
              {"bytes", std::to_string(lru->bytes)},
              {"budget", std::to_string(budget_)}});
-    bytes_ -= lru->bytes;
+    SetBytes(bytes_ - lru->bytes);
     lru->refused_bytes = lru->bytes;
     lru->bytes = 0;
     lru->entities.reset();  // open snapshots keep their copy
-    resident_.fetch_sub(1, std::memory_order_release);
+    --resident_;
+    dropped_budget_.Add();
   }
+  UpdateWantsCommits();
 }
 
 void LatestIndex::Clear() {
   absl::MutexLock lock(&mu_);
+  if (resident_ > 0) dropped_cleared_.Add(resident_);
   types_.clear();
-  resident_.store(0, std::memory_order_release);
-  bytes_ = 0;
+  empty_.clear();
+  kept_.clear();
+  resident_ = 0;
+  UpdateWantsCommits();
+  SetBytes(0);
+}
+
+void LatestIndex::UpdateWantsCommits() {
+  wants_commits_.store(resident_ > 0 || !empty_.empty(), std::memory_order_release);
+}
+
+void LatestIndex::SetBytes(size_t bytes) {
+  bytes_gauge_.Add(static_cast<double>(bytes) - static_cast<double>(bytes_));
+  bytes_ = bytes;
 }
 
 size_t LatestIndex::bytes() {
@@ -266,7 +370,7 @@ size_t LatestIndex::resident_types() {
   absl::ReaderMutexLock lock(&mu_);
   size_t n = 0;
   for (const auto& [name, type] : types_) n += type->entities != nullptr ? 1 : 0;
-  return n;  // counted, not resident_: tests check the two agree
+  return n;  // counted, not resident_: the tests check they agree
 }
 
 size_t LatestIndex::versions(std::string_view type, std::string_view id) {

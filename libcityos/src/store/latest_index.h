@@ -6,16 +6,16 @@
 // resident on its first listing (Load, under the store's writer lock, so no
 // commit falls between the read and the load) and keeps it current after
 // every commit (Apply, under the same lock, in commit order). Memory is
-// bounded: a load that does not fit in the budget is refused, and a type
-// whose growth takes the total over it is dropped, least recently listed
-// first.
+// bounded: a load that does not fit in the budget is refused, and when
+// writes grow the resident types past it, the least recently listed type is
+// dropped.
 //
 // Readers see snapshots: Open() takes the number of the last applied commit,
 // and a snapshot's rows are the entities' states as of that commit, however
-// many commits are applied while it pages on. Each entity keeps its states
-// newer than the oldest open snapshot's commit (and one more), so a write
-// never waits for a reader and a reader never sees half a batch; older states
-// are dropped at the entity's next write.
+// many commits are applied while it pages on. Besides its newest state, an
+// entity keeps only the older states some open snapshot reads; the others
+// are dropped at its next write, or at a later commit once the snapshots
+// that read them have closed.
 //
 // Thread-safe.
 #ifndef CITYOS_STORE_LATEST_INDEX_H_
@@ -24,6 +24,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <string>
@@ -33,16 +34,23 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/container/btree_map.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/functional/function_ref.h"
 #include "absl/synchronization/mutex.h"
+#include "cityos/metrics.h"
 
 namespace cityos::store_internal {
 
 class LatestIndex {
  public:
-  // What one entity costs beyond its id and its state's bytes (the map's
-  // node share, the version record, the state's string and control block).
+  // What one entity costs beyond its id and its states' bytes (the map's
+  // node share), and what each state costs beyond its bytes (its string,
+  // the shared_ptr's control block, the version record).
   static constexpr size_t kEntryOverhead = 128;
+  static constexpr size_t kVersionOverhead = 64;
+  // Types remembered as having no entities, at most (then all forgotten):
+  // listings of unknown or empty types do not try a load every time.
+  static constexpr size_t kMaxEmptyTypes = 1024;
 
   explicit LatestIndex(size_t budget_bytes);
   ~LatestIndex();
@@ -81,27 +89,39 @@ class LatestIndex {
   std::optional<Snapshot> Open(std::string_view type);
 
   // The newest state of one entity. nullopt: `type` is not resident (ask
-  // SQLite); an empty optional state inside: no such entity.
+  // SQLite); a null `state`: no such entity.
   struct Found {
-    std::shared_ptr<const std::string> state;  // null: no such entity
+    std::shared_ptr<const std::string> state;
   };
   std::optional<Found> Latest(std::string_view type, std::string_view id);
 
-  // Whether loading `type` is worth trying: it is not resident, and was not
-  // refused for a size that still does not fit.
+  // Whether loading `type` is worth trying: it is not resident, not known to
+  // have no entities, and not refused for a size that still does not fit.
   bool ShouldLoad(std::string_view type);
 
+  // Whether a type of `estimated_bytes` (as kEntryOverhead etc. count them)
+  // fits in the room the budget has now. When it does not, the refusal is
+  // remembered as Load's is, so the type is not tried again until it fits.
+  bool Fits(std::string_view type, size_t estimated_bytes);
+
   // Loads `type`: `read` must call `row` for each of its entities, in id
-  // order, as of the last commit (the caller holds the store's writer lock).
-  // Returns false (and loads nothing) when the type does not fit in the
-  // budget, or when `read` returns false (it could not read); a refused type
-  // is tried again only when the budget has room for the size it had.
+  // order, as of the last commit (the caller holds the store's writer lock),
+  // and return false only when it could not read (it stops early, returning
+  // true, when `row` returns false).
+  enum class LoadResult {
+    kLoaded,
+    kAlreadyResident,  // another caller loaded it first
+    kEmpty,            // no entities: remembered, not kept
+    kRefused,          // larger than the room in the budget
+    kFailed,           // `read` failed
+  };
   using RowSink = absl::FunctionRef<bool(std::string_view id, std::string_view state)>;
-  bool Load(std::string_view type, absl::FunctionRef<bool(RowSink row)> read);
+  LoadResult Load(std::string_view type, absl::FunctionRef<bool(RowSink row)> read);
 
   // After a commit (under the store's writer lock, in commit order): the new
   // states of the batch's entities, in the batch's order. Entities of types
-  // that are not resident are ignored.
+  // that are not resident are ignored (but a type known to have no entities
+  // is forgotten as such).
   struct Written {
     std::string_view type;
     std::string_view id;
@@ -109,35 +129,57 @@ class LatestIndex {
   };
   void Apply(std::vector<Written> batch);
 
+  // Whether commits must be applied: a type is resident, or known to have no
+  // entities. Exact under the store's writer lock (both change only under
+  // it); when false, a commit need not copy its states for Apply.
+  bool wants_commits() const { return wants_commits_.load(std::memory_order_acquire); }
+
   // Drops every type (e.g. when another process wrote the database).
   void Clear();
 
-  // Whether no type is resident, so that a commit has nothing to apply.
-  // Exact under the store's writer lock (residency changes only under it).
-  bool none_resident() const { return resident_.load(std::memory_order_acquire) == 0; }
-
-  // For tests and metrics.
+  // For tests.
   size_t bytes();
   size_t resident_types();
   size_t versions(std::string_view type, std::string_view id);
 
  private:
   struct TypeState;
+  struct Kept {          // an entity that kept older states for snapshots
+    std::string type;
+    std::string id;
+    uint64_t newest;     // the commit of its newest state then
+  };
+  using OpenCommits = std::vector<uint64_t>;  // ascending
+
   void Release(uint64_t commit);
+  OpenCommits OpenSnapshotCommits();
+  // Drops the older states of `entities[id]` that no open snapshot reads;
+  // queues it in kept_ if it still has some. Returns the bytes freed.
+  size_t Prune(TypeState& t, std::string_view type, std::string_view id,
+               const OpenCommits& open) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EvictOverBudget() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateWantsCommits() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SetBytes(size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t budget_;
+  std::atomic<uint64_t> ticks_{0};  // for LRU: every Open and Load takes one
+  std::atomic<bool> wants_commits_{false};
   absl::Mutex mu_;
   uint64_t commit_ ABSL_GUARDED_BY(mu_) = 0;  // the last applied commit
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;  // ticks on every Open, for LRU
+  size_t resident_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<std::string, std::unique_ptr<TypeState>> types_ ABSL_GUARDED_BY(mu_);
-  std::atomic<size_t> resident_{0};  // resident types; changed under mu_
+  absl::flat_hash_set<std::string> empty_ ABSL_GUARDED_BY(mu_);
+  // Entities with older states, oldest first (by `newest`).
+  std::deque<Kept> kept_ ABSL_GUARDED_BY(mu_);
   // Open snapshots: commit -> how many. Taken while mu_ is held (at least
   // shared), so a writer holding mu_ exclusively sees every snapshot that
   // can read what it prunes.
   absl::Mutex snapshots_mu_ ABSL_ACQUIRED_AFTER(mu_);
   absl::btree_map<uint64_t, int> snapshots_ ABSL_GUARDED_BY(snapshots_mu_);
+  // Process-wide metrics (docs/observability.md).
+  Gauge bytes_gauge_;
+  Counter loaded_, refused_, dropped_budget_, dropped_cleared_;
 };
 
 }  // namespace cityos::store_internal
