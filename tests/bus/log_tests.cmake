@@ -7,3 +7,6 @@ cityos_test(bus_log_crash_test LABEL bus TIMEOUT 120
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/log_crash_test.cc)
 cityos_test(bus_log_backend_fsync_test LABEL bus
   SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/log_backend_fsync_test.cc)
+# bus_internal::VisibleReader: the hold of a record read past `visible`.
+cityos_test(bus_visible_reader_test LABEL bus
+  SOURCES ${CMAKE_CURRENT_SOURCE_DIR}/visible_reader_test.cc)

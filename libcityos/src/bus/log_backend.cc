@@ -25,6 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "bus/validate.h"
+#include "bus/visible_reader.h"
 #include "cityos/bus_backend.h"
 #include "cityos/clock.h"
 #include "cityos/logging.h"
@@ -38,6 +39,7 @@ namespace cityos {
 namespace {
 
 namespace fs = std::filesystem;
+using bus_internal::VisibleReader;
 using log_internal::LogReader;
 using log_internal::LogRecord;
 using log_internal::SegmentedLog;
@@ -183,14 +185,26 @@ struct InFlight {
   StoredRecord record;
 };
 
+// The next record up to `visible` of `reader`, decoded into *out; false when
+// there is none yet. DATA_LOSS for a record whose payload header does not
+// decode.
+absl::StatusOr<bool> ReadVisible(VisibleReader& reader, uint64_t visible,
+                                 const std::string& stream, StoredRecord* out) {
+  CITYOS_ASSIGN_OR_RETURN(const LogRecord* record, reader.Next(visible));
+  if (record == nullptr) return false;
+  out->sequence = record->sequence;
+  out->publish_time = record->publish_time;
+  if (!DecodeRecord(record->payload, &out->subject, &out->payload)) {
+    return absl::DataLossError(absl::StrCat("stream ", stream, ": record ", record->sequence,
+                                            " has a bad payload header"));
+  }
+  return true;
+}
+
 struct Consumer {
   ConsumerConfig config;
-  std::unique_ptr<LogReader> reader;  // positioned at next_seq
-  uint64_t next_seq = 1;
-  // A record read from the log after `visible` was taken: handed out on the
-  // next read. Its sequence is next_seq.
-  LogRecord held;
-  bool has_held = false;
+  VisibleReader reader;  // positioned at next_seq
+  uint64_t next_seq = 1;  // reader.next_sequence() after every read
   std::map<uint64_t, InFlight> in_flight;
   std::set<uint64_t> members;
   uint64_t redelivered = 0;
@@ -238,33 +252,13 @@ class LogStreamReader final : public StreamReader {
         return absl::NotFoundError(absl::StrCat("stream ", stream_->config.name, " was deleted"));
       }
     }
-    const uint64_t visible = stream_->VisibleLast();
-    if (!held_) {
-      if (reader_->next_sequence() > visible) return false;
-      CITYOS_ASSIGN_OR_RETURN(bool more, reader_->Next(&rec_));
-      if (!more) return false;
-    }
-    // Acknowledged after `visible` was taken (retention skipped ahead): on
-    // the next call.
-    held_ = rec_.sequence > visible;
-    if (held_) return false;
-    out->sequence = rec_.sequence;
-    out->publish_time = rec_.publish_time;
-    if (!DecodeRecord(rec_.payload, &out->subject, &out->payload)) {
-      return absl::DataLossError(absl::StrCat("stream ", stream_->config.name, ": record ",
-                                              rec_.sequence, " has a bad payload header"));
-    }
-    return true;
+    return ReadVisible(reader_, stream_->VisibleLast(), stream_->config.name, out);
   }
-  uint64_t next_sequence() const override {
-    return held_ ? rec_.sequence : reader_->next_sequence();
-  }
+  uint64_t next_sequence() const override { return reader_.next_sequence(); }
 
  private:
   std::shared_ptr<Stream> stream_;
-  std::unique_ptr<LogReader> reader_;
-  LogRecord rec_;
-  bool held_ = false;  // rec_ was read but is newer than `visible` was
+  VisibleReader reader_;
 };
 
 class LogBackend final : public BusBackend {
@@ -724,36 +718,17 @@ class LogBackend final : public BusBackend {
   }
 
   absl::Status PositionLocked(Stream& s, Consumer& c, uint64_t seq) {
-    CITYOS_ASSIGN_OR_RETURN(c.reader, s.log->NewReader(std::max<uint64_t>(seq, 1)));
-    c.has_held = false;
-    c.next_seq = c.reader->next_sequence();
+    CITYOS_ASSIGN_OR_RETURN(std::unique_ptr<LogReader> reader,
+                            s.log->NewReader(std::max<uint64_t>(seq, 1)));
+    c.reader = VisibleReader(std::move(reader));
+    c.next_seq = c.reader.next_sequence();
     return absl::OkStatus();
   }
 
   absl::StatusOr<bool> ReadNext(Stream& s, Consumer& c, StoredRecord* out) {
-    const uint64_t visible = s.VisibleLast();
-    LogRecord& rec = c.held;
-    if (!c.has_held) {
-      if (c.reader->next_sequence() > visible) return false;
-      CITYOS_ASSIGN_OR_RETURN(bool more, c.reader->Next(&rec));
-      c.next_seq = c.reader->next_sequence();
-      if (!more) return false;
-    }
-    // Acknowledged after `visible` was taken (retention skipped ahead): on
-    // the next read.
-    c.has_held = rec.sequence > visible;
-    if (c.has_held) {
-      c.next_seq = rec.sequence;
-      return false;
-    }
-    c.next_seq = c.reader->next_sequence();
-    out->sequence = rec.sequence;
-    out->publish_time = rec.publish_time;
-    if (!DecodeRecord(rec.payload, &out->subject, &out->payload)) {
-      return absl::DataLossError(absl::StrCat("stream ", s.config.name, ": record ",
-                                              rec.sequence, " has a bad payload header"));
-    }
-    return true;
+    absl::StatusOr<bool> read = ReadVisible(c.reader, s.VisibleLast(), s.config.name, out);
+    c.next_seq = c.reader.next_sequence();
+    return read;
   }
 
   absl::Status SaveConsumerLocked(Stream& s, Consumer& c) {
