@@ -16,9 +16,9 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
-#include "cityos/metrics.h"
 #include "cityos/state_store.h"
 #include "gtest/gtest.h"
+#include "store_test_util.h"
 #include "testutil.h"
 
 namespace cityos {
@@ -153,6 +153,7 @@ TEST_P(SqliteStateStorePaging, ExactlyOnceUnderConcurrentWrites) {
 
   constexpr int kRounds = 25;
   int64_t total_pages = 0;
+  const uint64_t memory_before = testing::StoreReads("listing", "memory");
   for (int round = 0; round < kRounds; ++round) {
     std::vector<std::string> required;
     {
@@ -225,6 +226,13 @@ TEST_P(SqliteStateStorePaging, ExactlyOnceUnderConcurrentWrites) {
   // test; this only guards against a broken test setup).
   EXPECT_GT(writes.load(), 0);
   EXPECT_GT(total_pages, kRounds * 10);
+  // Every page came from the memory index in its case, none in the others.
+  const uint64_t from_memory = testing::StoreReads("listing", "memory") - memory_before;
+  if (GetParam().memory_index > 0 && !by_owner) {
+    EXPECT_EQ(from_memory, static_cast<uint64_t>(total_pages));
+  } else {
+    EXPECT_EQ(from_memory, 0u);
+  }
 }
 
 // Every page is one snapshot: a writer thread rewrites all entities in one
@@ -252,12 +260,7 @@ TEST_P(SqliteStateStorePaging, PagesAreSnapshotsUnderConcurrentBatches) {
   // A first listing, before the writer starts: with the memory index, the
   // type is resident from here on, so every page below reads it.
   ASSERT_TRUE(store.Query(filter, {.page_size = 1}).ok());
-  auto memory_listings = [] {
-    return MetricsRegistry::Global()
-        .AddCounterFamily("cityos_store_reads_total", "", {"kind", "path"})
-        .WithLabels({"listing", "memory"})
-        .Value();
-  };
+  auto memory_listings = [] { return testing::StoreReads("listing", "memory"); };
   const uint64_t memory_before = memory_listings();
   std::atomic<bool> done{false};
   std::thread writer([&] {

@@ -14,10 +14,10 @@
 #include "absl/time/time.h"
 #include "cityos/clock.h"
 #include "cityos/entity.h"
-#include "cityos/metrics.h"
 #include "cityos/proto_time.h"
 #include "cityos/state_store.h"
 #include "gtest/gtest.h"
+#include "store_test_util.h"
 #include "testutil.h"
 
 namespace cityos {
@@ -88,21 +88,10 @@ std::string ExecElsewhere(const std::string& path, const char* sql) {
   return error;
 }
 
-// cityos_store_reads_total{kind, path}: which path served the store's reads
-// (the metric is process-wide; the tests of a binary run one at a time).
 uint64_t Reads(std::string_view kind, std::string_view path) {
-  return MetricsRegistry::Global()
-      .AddCounterFamily("cityos_store_reads_total", "", {"kind", "path"})
-      .WithLabels({kind, path})
-      .Value();
+  return testing::StoreReads(kind, path);
 }
-
-uint64_t Loads(std::string_view result) {
-  return MetricsRegistry::Global()
-      .AddCounterFamily("cityos_store_memory_index_loads_total", "", {"result"})
-      .WithLabels({result})
-      .Value();
-}
+uint64_t Loads(std::string_view result) { return testing::MemoryIndexLoads(result); }
 
 std::vector<std::string> Ids(const std::vector<Entity>& entities) {
   std::vector<std::string> ids;
@@ -441,6 +430,7 @@ TEST(SqliteStateStore, PageIsOneSnapshotAcrossFetchRounds) {
         if (visible) seen.push_back(e.id());
         return visible;
       };
+      const uint64_t memory_before = Reads("listing", "memory");
       std::string next;
       if (serialized) {
         SerializedPageRequest req{.page_size = 3};
@@ -458,6 +448,10 @@ TEST(SqliteStateStore, PageIsOneSnapshotAcrossFetchRounds) {
         EXPECT_EQ(Ids(got->entities), (std::vector<std::string>{"e000", "e040", "e080"}));
         next = got->next_page_token;
       }
+      // Served by the memory index where it should be (the listing loaded
+      // the type before reading it).
+      const bool from_memory = memory_index > 0 && std::string_view(narrowing) != "owner";
+      EXPECT_EQ(Reads("listing", "memory") - memory_before, from_memory ? 1u : 0u);
       ASSERT_TRUE(wrote);
       ASSERT_TRUE(write_status.ok()) << write_status;
       EXPECT_EQ(seen, (std::vector<std::string>{"e000", "e040", "e080"}));
@@ -630,10 +624,14 @@ TEST(SqliteStateStore, MemoryIndexUnreadableStateIsDataLoss) {
     auto store = Open(path, nullptr, 0, memory_index);
     ASSERT_NE(store, nullptr);
     ASSERT_TRUE(store->UpsertBatch({MakeEntity("a", 1), MakeEntity("b", 2)}).ok());
-    ASSERT_EQ(ExecElsewhere(path, "UPDATE entities SET blob=x'ffffffff' WHERE id='b'"), "");
-    ASSERT_TRUE(store->Upsert(MakeEntity("c", 3)).ok());  // notices the other writer
     EntityFilter filter;
     filter.set_type(kType);
+    // Listed while b is readable: with the index, the type is resident now,
+    // with b's good state; the write below must notice the other writer and
+    // drop it (else the listing would read the good state from memory).
+    ASSERT_EQ(QueryAll(*store, filter, 10).size(), 2u);
+    ASSERT_EQ(ExecElsewhere(path, "UPDATE entities SET blob=x'ffffffff' WHERE id='b'"), "");
+    ASSERT_TRUE(store->Upsert(MakeEntity("c", 3)).ok());
     const uint64_t memory = Reads("listing", "memory");
     auto page = store->Query(filter, {.page_size = 10});
     EXPECT_EQ(page.status().code(), absl::StatusCode::kDataLoss) << page.status();

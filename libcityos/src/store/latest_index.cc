@@ -65,6 +65,8 @@ LatestIndex::LatestIndex(size_t budget_bytes)
           "per-state overheads), summed over the stores of the process.")),
       loaded_(LoadsCounter("loaded")),
       refused_(LoadsCounter("refused")),
+      empty_loads_(LoadsCounter("empty")),
+      failed_loads_(LoadsCounter("failed")),
       dropped_budget_(DroppedCounter("budget")),
       dropped_cleared_(DroppedCounter("other_writer")) {}
 
@@ -151,15 +153,20 @@ bool LatestIndex::Fits(std::string_view type, size_t estimated_bytes) {
   absl::MutexLock lock(&mu_);
   const size_t room = budget_ - std::min(budget_, bytes_);
   if (estimated_bytes <= room) return true;
+  RefuseLocked(type, estimated_bytes, room);
+  return false;
+}
+
+void LatestIndex::RefuseLocked(std::string_view type, size_t bytes, size_t room) {
   std::unique_ptr<TypeState>& t = types_[AV(type)];
   if (t == nullptr) t = std::make_unique<TypeState>();
-  if (t->entities == nullptr) t->refused_bytes = std::max<size_t>(estimated_bytes, 1);
+  if (t->entities != nullptr) return;  // resident after all: nothing to refuse
+  t->refused_bytes = std::max<size_t>(bytes, 1);
   refused_.Add();
   LogInfo("store", "memory index: a type does not fit; its listings read SQLite",
           {{"type", std::string(type)},
-           {"bytes", std::to_string(estimated_bytes)},
+           {"bytes_at_least", std::to_string(bytes)},
            {"room", std::to_string(room)}});
-  return false;
 }
 
 LatestIndex::LoadResult LatestIndex::Load(std::string_view type,
@@ -193,18 +200,11 @@ LatestIndex::LoadResult LatestIndex::Load(std::string_view type,
   });
   absl::MutexLock lock(&mu_);
   if (!read_ok) {
-    LoadsCounter("failed").Add();
+    failed_loads_.Add();
     return LoadResult::kFailed;
   }
   if (!fits) {
-    std::unique_ptr<TypeState>& t = types_[AV(type)];
-    if (t == nullptr) t = std::make_unique<TypeState>();
-    t->refused_bytes = bytes;
-    refused_.Add();
-    LogInfo("store", "memory index: a type does not fit; its listings read SQLite",
-            {{"type", std::string(type)},
-             {"bytes_at_least", std::to_string(bytes)},
-             {"room", std::to_string(room)}});
+    RefuseLocked(type, bytes, room);
     return LoadResult::kRefused;
   }
   if (entities->by_id.empty()) {
@@ -213,7 +213,7 @@ LatestIndex::LoadResult LatestIndex::Load(std::string_view type,
     if (empty_.size() >= kMaxEmptyTypes) empty_.clear();
     empty_.emplace(AV(type));
     UpdateWantsCommits();
-    LoadsCounter("empty").Add();
+    empty_loads_.Add();
     return LoadResult::kEmpty;
   }
   std::unique_ptr<TypeState>& t = types_[AV(type)];
@@ -354,6 +354,7 @@ void LatestIndex::Clear() {
 
 void LatestIndex::UpdateWantsCommits() {
   wants_commits_.store(resident_ > 0 || !empty_.empty(), std::memory_order_release);
+  wants_states_.store(resident_ > 0, std::memory_order_release);
 }
 
 void LatestIndex::SetBytes(size_t bytes) {
@@ -370,7 +371,7 @@ size_t LatestIndex::resident_types() {
   absl::ReaderMutexLock lock(&mu_);
   size_t n = 0;
   for (const auto& [name, type] : types_) n += type->entities != nullptr ? 1 : 0;
-  return n;  // counted, not resident_: the tests check they agree
+  return n;  // counted, not resident_ (which wants_states() reflects)
 }
 
 size_t LatestIndex::versions(std::string_view type, std::string_view id) {

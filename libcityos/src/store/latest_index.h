@@ -129,10 +129,14 @@ class LatestIndex {
   };
   void Apply(std::vector<Written> batch);
 
-  // Whether commits must be applied: a type is resident, or known to have no
-  // entities. Exact under the store's writer lock (both change only under
-  // it); when false, a commit need not copy its states for Apply.
+  // What Apply needs of a commit. Exact under the store's writer lock (both
+  // change only under it):
+  //  - wants_commits(): a type is resident or known to have no entities, so
+  //    commits must be applied (at least the types and ids written);
+  //  - wants_states(): a type is resident, so Written::state must be filled
+  //    (when false, Apply reads only types and ids: no state is copied).
   bool wants_commits() const { return wants_commits_.load(std::memory_order_acquire); }
+  bool wants_states() const { return wants_states_.load(std::memory_order_acquire); }
 
   // Drops every type (e.g. when another process wrote the database).
   void Clear();
@@ -160,10 +164,14 @@ class LatestIndex {
   void EvictOverBudget() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UpdateWantsCommits() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void SetBytes(size_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Remembers `type` as refused at `bytes` (not resident), counts and logs it.
+  void RefuseLocked(std::string_view type, size_t bytes, size_t room)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t budget_;
   std::atomic<uint64_t> ticks_{0};  // for LRU: every Open and Load takes one
   std::atomic<bool> wants_commits_{false};
+  std::atomic<bool> wants_states_{false};
   absl::Mutex mu_;
   uint64_t commit_ ABSL_GUARDED_BY(mu_) = 0;  // the last applied commit
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
@@ -179,7 +187,7 @@ class LatestIndex {
   absl::btree_map<uint64_t, int> snapshots_ ABSL_GUARDED_BY(snapshots_mu_);
   // Process-wide metrics (docs/observability.md).
   Gauge bytes_gauge_;
-  Counter loaded_, refused_, dropped_budget_, dropped_cleared_;
+  Counter loaded_, refused_, empty_loads_, failed_loads_, dropped_budget_, dropped_cleared_;
 };
 
 }  // namespace cityos::store_internal

@@ -141,7 +141,8 @@ constexpr char kLoadType[] = "SELECT id, blob FROM entities WHERE type=?1 ORDER 
 // Its size, as the memory index counts it (length() of a blob reads no
 // content).
 constexpr char kSizeType[] =
-    "SELECT COUNT(*), TOTAL(length(id)) + TOTAL(length(blob)) FROM entities WHERE type=?1";
+    "SELECT COUNT(*), TOTAL(length(CAST(id AS BLOB))) + TOTAL(length(blob)) FROM entities "
+    "WHERE type=?1";
 constexpr char kCountEntities[] = "SELECT COUNT(*) FROM entities";
 
 // Nanoseconds since the epoch, saturating (timestamps beyond 1677..2262 only
@@ -899,10 +900,11 @@ class SqliteStateStore final : public StateStore {
     // Inside the write transaction: no other connection can commit now.
     if (index_ != nullptr) CheckExternalWrites();
     std::string blob;
-    // The states of the batch for the memory index, when a type is resident
-    // or known empty (neither when no listing has loaded one: nothing to
-    // copy then).
+    // What the memory index needs of the batch: the types and ids written
+    // when a type is resident or known empty, and their states only when a
+    // type is resident (nothing when no listing has loaded one).
     const bool indexing = index_ != nullptr && index_->wants_commits();
+    const bool states = indexing && index_->wants_states();
     std::vector<LatestIndex::Written> written;
     if (indexing) written.reserve(entities.size());
     for (size_t i = 0; i < entities.size(); ++i) {
@@ -910,7 +912,10 @@ class SqliteStateStore final : public StateStore {
       if (!status.ok()) {
         return entities.size() == 1 ? status : Annotate(status, absl::StrFormat("entities[%d]", i));
       }
-      if (indexing) written.push_back({entities[i].type(), entities[i].id(), std::move(blob)});
+      if (indexing) {
+        written.push_back(
+            {entities[i].type(), entities[i].id(), states ? std::move(blob) : std::string()});
+      }
     }
     CITYOS_RETURN_IF_ERROR(txn.Commit());
     // Still under the writer lock: the index follows commit order.
@@ -989,8 +994,7 @@ class SqliteStateStore final : public StateStore {
   }
 
   // A snapshot of `type` in the memory index, loading the type first when
-  // that is worth trying, it fits, and no write is under way (a query never
-  // waits for the writer); nullopt: read SQLite.
+  // that is worth trying and it fits; nullopt: read SQLite.
   std::optional<LatestIndex::Snapshot> OpenResident(const std::string& type) {
     if (std::optional<LatestIndex::Snapshot> s = index_->Open(type)) return s;
     if (!index_->ShouldLoad(type)) return std::nullopt;
@@ -1003,9 +1007,12 @@ class SqliteStateStore final : public StateStore {
                {"error", std::string(size.status().message())}});
       return std::nullopt;
     }
-    if (!index_->Fits(type, *size) || !writer_mu_.TryLock()) return std::nullopt;
-    LoadType(type);
-    writer_mu_.Unlock();
+    if (!index_->Fits(type, *size)) return std::nullopt;
+    {
+      // Waits for a write under way (a batch), once per type.
+      absl::MutexLock lock(&writer_mu_);
+      LoadType(type);
+    }
     return index_->Open(type);
   }
 
