@@ -1,5 +1,6 @@
-// The exchange plug-in's config section: the store's keys are read, bad
-// values are refused naming the key (and the file and line).
+// The exchange plug-in's config section: the store's keys are accepted, bad
+// values are refused naming the key (and the file and line). (That accepted
+// values reach the store is not observable here, before Start.)
 #include <string>
 
 #include "cityos/config.h"

@@ -252,6 +252,44 @@ TEST(EntityWireRedaction, EqualsApplyOnNestedAndRepeatedFields) {
   }
 }
 
+// Byte for byte: everything but the redacted attribute entries is kept, in
+// the order stored (the entries are laid out one message per attribute and
+// concatenated, which protobuf reads as one entity; so the order is known).
+TEST(EntityWireRedaction, KeepsEveryOtherByteInOrder) {
+  const std::string type = "cityos.health.v1.ElderlyCareAlert";
+  Entity header;
+  header.set_type(type);
+  header.set_id("p-1");
+  header.set_owner("care-home");
+  auto entry = [](const std::string& key, const std::string& value) {
+    Entity e;
+    (*e.mutable_attributes())[key].set_string_value(value);
+    return e.SerializeAsString();
+  };
+  const std::vector<std::string> keys = {"a", "secret", "b", "c", "secret2", "d"};
+  for (const std::vector<std::string>& redacted :
+       std::vector<std::vector<std::string>>{{"secret"},
+                                             {"secret", "secret2"},
+                                             {"a"},
+                                             {"d"},
+                                             {"a", "secret", "b", "c", "secret2", "d"},
+                                             {"absent"}}) {
+    SCOPED_TRACE(redacted.front());
+    std::string stored = header.SerializeAsString(), want = stored;
+    for (const std::string& k : keys) {
+      const std::string bytes = entry(k, "value of " + k);
+      stored += bytes;
+      if (std::find(redacted.begin(), redacted.end(), k) == redacted.end()) want += bytes;
+    }
+    std::optional<EntityWireRedaction> plan =
+        EntityWireRedaction::Compile({Redact(redacted)}, type);
+    ASSERT_TRUE(plan.has_value());
+    std::string out;
+    ASSERT_TRUE(plan->Apply(stored, &out));
+    EXPECT_EQ(out, want);
+  }
+}
+
 TEST(EntityWireRedaction, LeavesWhatItDoesNotHandleToTheParsedPath) {
   const std::string type = "cityos.health.v1.ElderlyCareAlert";
   Obligation pseudo = Redact({"message"});
