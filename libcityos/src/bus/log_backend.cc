@@ -203,8 +203,9 @@ absl::StatusOr<bool> ReadVisible(VisibleReader& reader, uint64_t visible,
 
 struct Consumer {
   ConsumerConfig config;
-  VisibleReader reader;  // positioned at next_seq
-  uint64_t next_seq = 1;  // reader.next_sequence() after every read
+  VisibleReader reader;
+  // The sequence of the next new record this consumer hands out.
+  uint64_t next_seq() const { return reader.next_sequence(); }
   std::map<uint64_t, InFlight> in_flight;
   std::set<uint64_t> members;
   uint64_t redelivered = 0;
@@ -212,7 +213,7 @@ struct Consumer {
   bool deleted = false;
 
   uint64_t AckFloor() const {
-    return in_flight.empty() ? next_seq : std::min(in_flight.begin()->first, next_seq);
+    return in_flight.empty() ? next_seq() : std::min(in_flight.begin()->first, next_seq());
   }
 };
 
@@ -557,7 +558,7 @@ class LogBackend final : public BusBackend {
       // 2. New records, within max_in_flight.
       while (out->size() - start < max && c->in_flight.size() < c->config.max_in_flight) {
         StoredRecord rec;
-        CITYOS_ASSIGN_OR_RETURN(bool more, ReadNext(*s, *c, &rec));
+        CITYOS_ASSIGN_OR_RETURN(bool more, ReadVisible(c->reader, s->VisibleLast(), s->config.name, &rec));
         if (!more) break;
         if (!c->config.filter_subject.empty() &&
             !SubjectMatches(c->config.filter_subject, rec.subject)) {
@@ -721,14 +722,7 @@ class LogBackend final : public BusBackend {
     CITYOS_ASSIGN_OR_RETURN(std::unique_ptr<LogReader> reader,
                             s.log->NewReader(std::max<uint64_t>(seq, 1)));
     c.reader = VisibleReader(std::move(reader));
-    c.next_seq = c.reader.next_sequence();
     return absl::OkStatus();
-  }
-
-  absl::StatusOr<bool> ReadNext(Stream& s, Consumer& c, StoredRecord* out) {
-    absl::StatusOr<bool> read = ReadVisible(c.reader, s.VisibleLast(), s.config.name, out);
-    c.next_seq = c.reader.next_sequence();
-    return read;
   }
 
   absl::Status SaveConsumerLocked(Stream& s, Consumer& c) {
@@ -784,10 +778,11 @@ class LogBackend final : public BusBackend {
     ConsumerInfo info;
     info.config = c.config;
     info.ack_floor = c.AckFloor();
-    info.next_sequence = c.next_seq;
+    info.next_sequence = c.next_seq();
     info.in_flight = static_cast<uint32_t>(c.in_flight.size());
     uint64_t last = s.VisibleLast();
-    info.pending = last >= c.next_seq ? last - c.next_seq + 1 : 0;
+    const uint64_t next = c.next_seq();
+    info.pending = last >= next ? last - next + 1 : 0;
     info.members = static_cast<uint32_t>(c.members.size());
     info.redelivered = c.redelivered;
     return info;
