@@ -4,13 +4,11 @@
 #include <utility>
 
 #include "absl/container/inlined_vector.h"
-#include "absl/strings/string_view.h"
 #include "cityos/logging.h"
+#include "core/strings.h"
 
 namespace cityos::store_internal {
 namespace {
-
-absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 // One series of a counter family with one label.
 Counter LabelledCounter(std::string_view name, std::string_view help, std::string_view label,
