@@ -88,11 +88,6 @@ std::string ExecElsewhere(const std::string& path, const char* sql) {
   return error;
 }
 
-uint64_t Reads(std::string_view kind, std::string_view path) {
-  return testing::StoreReads(kind, path);
-}
-uint64_t Loads(std::string_view result) { return testing::MemoryIndexLoads(result); }
-
 std::vector<std::string> Ids(const std::vector<Entity>& entities) {
   std::vector<std::string> ids;
   for (const auto& e : entities) ids.push_back(e.id());
@@ -430,7 +425,7 @@ TEST(SqliteStateStore, PageIsOneSnapshotAcrossFetchRounds) {
         if (visible) seen.push_back(e.id());
         return visible;
       };
-      const uint64_t memory_before = Reads("listing", "memory");
+      const uint64_t memory_before = testing::StoreReads("listing", "memory");
       std::string next;
       if (serialized) {
         SerializedPageRequest req{.page_size = 3};
@@ -451,7 +446,7 @@ TEST(SqliteStateStore, PageIsOneSnapshotAcrossFetchRounds) {
       // Served by the memory index where it should be (the listing loaded
       // the type before reading it).
       const bool from_memory = memory_index > 0 && std::string_view(narrowing) != "owner";
-      EXPECT_EQ(Reads("listing", "memory") - memory_before, from_memory ? 1u : 0u);
+      EXPECT_EQ(testing::StoreReads("listing", "memory") - memory_before, from_memory ? 1u : 0u);
       ASSERT_TRUE(wrote);
       ASSERT_TRUE(write_status.ok()) << write_status;
       EXPECT_EQ(seen, (std::vector<std::string>{"e000", "e040", "e080"}));
@@ -494,8 +489,8 @@ TEST(SqliteStateStore, MemoryIndexAnswersAsSqliteDoes) {
   filters[3].set_owner("grid");
   for (int i = 0; i < 120; i += 7) filters[4].add_ids(absl::StrFormat("e%03d", i));
   int pages = 0;
-  const uint64_t memory_listings = Reads("listing", "memory");
-  const uint64_t memory_gets = Reads("get", "memory");
+  const uint64_t memory_listings = testing::StoreReads("listing", "memory");
+  const uint64_t memory_gets = testing::StoreReads("get", "memory");
   for (int step = 0; step < 60; ++step) {
     clock.Advance(absl::Seconds(1));
     std::vector<Entity> batch;
@@ -548,8 +543,8 @@ TEST(SqliteStateStore, MemoryIndexAnswersAsSqliteDoes) {
   }
   EXPECT_GT(pages, 300);
   // The indexed store did serve from memory (the plain one never does).
-  EXPECT_GT(Reads("listing", "memory") - memory_listings, static_cast<uint64_t>(pages) / 4);
-  EXPECT_GT(Reads("get", "memory") - memory_gets, 0u);
+  EXPECT_GT(testing::StoreReads("listing", "memory") - memory_listings, static_cast<uint64_t>(pages) / 4);
+  EXPECT_GT(testing::StoreReads("get", "memory") - memory_gets, 0u);
 }
 
 // A budget too small for a type: its listings read SQLite (refused without
@@ -570,28 +565,28 @@ TEST(SqliteStateStore, MemoryIndexBudgetRefusesAndDrops) {
   small.set_type(kSmall);
   large.set_type(kLarge);
 
-  const uint64_t refused = Loads("refused"), loaded = Loads("loaded");
-  uint64_t memory = Reads("listing", "memory"), sqlite = Reads("listing", "sqlite");
+  const uint64_t refused = testing::MemoryIndexLoads("refused"), loaded = testing::MemoryIndexLoads("loaded");
+  uint64_t memory = testing::StoreReads("listing", "memory"), sqlite = testing::StoreReads("listing", "sqlite");
   EXPECT_EQ(QueryAll(*store, small, 100).size(), 10u);
-  EXPECT_EQ(Loads("loaded") - loaded, 1u);
-  EXPECT_EQ(Reads("listing", "memory") - memory, 1u);
+  EXPECT_EQ(testing::MemoryIndexLoads("loaded") - loaded, 1u);
+  EXPECT_EQ(testing::StoreReads("listing", "memory") - memory, 1u);
   EXPECT_EQ(QueryAll(*store, large, 30).size(), 100u);  // 4 pages
-  EXPECT_EQ(Loads("refused") - refused, 1u);            // sized once, not loaded
-  EXPECT_EQ(Reads("listing", "sqlite") - sqlite, 4u);
+  EXPECT_EQ(testing::MemoryIndexLoads("refused") - refused, 1u);            // sized once, not loaded
+  EXPECT_EQ(testing::StoreReads("listing", "sqlite") - sqlite, 4u);
   EXPECT_EQ(QueryAll(*store, large, 100).size(), 100u);
-  EXPECT_EQ(Loads("refused") - refused, 1u);  // remembered: not sized again
+  EXPECT_EQ(testing::MemoryIndexLoads("refused") - refused, 1u);  // remembered: not sized again
 
   // The small type grows past the budget: dropped, and read from SQLite.
   std::vector<Entity> more;
   for (int i = 10; i < 40; ++i) more.push_back(MakeEntity(absl::StrFormat("s%02d", i), i, kSmall));
   ASSERT_TRUE(store->UpsertBatch(more).ok());
-  memory = Reads("listing", "memory");
-  sqlite = Reads("listing", "sqlite");
+  memory = testing::StoreReads("listing", "memory");
+  sqlite = testing::StoreReads("listing", "sqlite");
   std::vector<Entity> all = QueryAll(*store, small, 100);
   ASSERT_EQ(all.size(), 40u);
   EXPECT_EQ(all.back().id(), "s39");
-  EXPECT_EQ(Reads("listing", "memory") - memory, 0u);
-  EXPECT_EQ(Reads("listing", "sqlite") - sqlite, 1u);
+  EXPECT_EQ(testing::StoreReads("listing", "memory") - memory, 0u);
+  EXPECT_EQ(testing::StoreReads("listing", "sqlite") - sqlite, 1u);
   auto got = store->Get(kSmall, "s05");
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->attributes().at("n").int_value(), 5);
@@ -605,13 +600,13 @@ TEST(SqliteStateStore, MemoryIndexRemembersEmptyTypes) {
   ASSERT_NE(store, nullptr);
   EntityFilter filter;
   filter.set_type(kType);
-  const uint64_t empty = Loads("empty");
+  const uint64_t empty = testing::MemoryIndexLoads("empty");
   for (int i = 0; i < 5; ++i) EXPECT_TRUE(QueryAll(*store, filter, 10).empty());
-  EXPECT_EQ(Loads("empty") - empty, 1u);
+  EXPECT_EQ(testing::MemoryIndexLoads("empty") - empty, 1u);
   ASSERT_TRUE(store->Upsert(MakeEntity("a", 1)).ok());
-  const uint64_t memory = Reads("listing", "memory");
+  const uint64_t memory = testing::StoreReads("listing", "memory");
   EXPECT_EQ(Ids(QueryAll(*store, filter, 10)), std::vector<std::string>{"a"});
-  EXPECT_EQ(Reads("listing", "memory") - memory, 1u);
+  EXPECT_EQ(testing::StoreReads("listing", "memory") - memory, 1u);
 }
 
 // A stored state that does not parse fails the same way from memory as from
@@ -632,10 +627,10 @@ TEST(SqliteStateStore, MemoryIndexUnreadableStateIsDataLoss) {
     ASSERT_EQ(QueryAll(*store, filter, 10).size(), 2u);
     ASSERT_EQ(ExecElsewhere(path, "UPDATE entities SET blob=x'ffffffff' WHERE id='b'"), "");
     ASSERT_TRUE(store->Upsert(MakeEntity("c", 3)).ok());
-    const uint64_t memory = Reads("listing", "memory");
+    const uint64_t memory = testing::StoreReads("listing", "memory");
     auto page = store->Query(filter, {.page_size = 10});
     EXPECT_EQ(page.status().code(), absl::StatusCode::kDataLoss) << page.status();
-    EXPECT_EQ(Reads("listing", "memory") - memory, memory_index > 0 ? 1u : 0u);
+    EXPECT_EQ(testing::StoreReads("listing", "memory") - memory, memory_index > 0 ? 1u : 0u);
     auto b = store->Get(kType, "b");
     EXPECT_EQ(b.status().code(), absl::StatusCode::kDataLoss) << b.status();
     EXPECT_NE(b.status().message().find("does not parse"), std::string::npos) << b.status();
